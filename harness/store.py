@@ -1,0 +1,95 @@
+"""Writing results: atomic files and directories, and the manifest that says how a result was made.
+
+A run directory is complete exactly when it has `metrics.json`; it is written into a temporary sibling and
+renamed into place, so an interrupted run never leaves a directory that looks finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+TRACKED_PACKAGES = ("spd-bench", "torch", "transformers", "datasets", "tokenizers", "safetensors",
+                    "scikit-learn", "scipy", "numpy")
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write JSON atomically (see write_text)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file atomically: a temp file in the same directory, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | os.PathLike):
+    with open(path) as f:
+        return json.load(f)
+
+
+@contextmanager
+def atomic_dir(final: str | os.PathLike):
+    """Yield a temporary directory; on success it replaces `final` in one rename, on error it is removed."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def manifest(device: torch.device, seed: int, started: float, finished: float, **extra) -> dict:
+    return {"git_sha": git_sha(), "packages": package_versions(), "python": platform.python_version(),
+            "host": socket.gethostname(), "device": device_description(device), "seed": seed,
+            "started": started, "finished": finished, "seconds": round(finished - started, 3), **extra}

@@ -1,0 +1,98 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2018) of the student modules' weight matrices.
+
+Each matrix is pruned on its own to the same target (per-matrix top-k by magnitude, as the official
+code does), at a fixed number of pruning events spread evenly over the pruning stage, following the
+cubic schedule  s_k = s_f + (s_0 - s_f) * (1 - k/K)^3,  k = 1..K.  Masks only change at events and
+are re-applied after every optimizer step, so pruned weights stay exactly zero.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# The six matrices of a BERT layer that SPD prunes; biases, LayerNorm, embeddings, pooler and classifier never.
+PRUNED_MATRICES = ("attention.self.query", "attention.self.key", "attention.self.value",
+                   "attention.output.dense", "intermediate.dense", "output.dense")
+
+
+def prunable_matrices(layers: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
+    """{'<layer name>.<matrix>.weight': weight} for every layer given as {name: BertLayer}."""
+    found = {}
+    for layer_name, layer in layers.items():
+        modules = dict(layer.named_modules())
+        for matrix in PRUNED_MATRICES:
+            found[f"{layer_name}.{matrix}.weight"] = modules[matrix].weight
+    return found
+
+
+def cubic_sparsity(event: int, num_events: int, final: float, initial: float = 0.0) -> float:
+    """Sparsity after pruning event `event` (1-based) of `num_events`."""
+    if not 0 <= event <= num_events:
+        raise ValueError(f"event {event} outside 0..{num_events}")
+    return final + (initial - final) * (1.0 - event / num_events) ** 3
+
+
+def event_steps(prune_steps: int, num_events: int) -> list[int]:
+    """Optimizer-step counts after which events 1..K fire: evenly spaced, the last one ends the stage."""
+    if prune_steps < 1:
+        return []
+    return [max(1, round(k * prune_steps / num_events)) for k in range(1, num_events + 1)]
+
+
+class MagnitudePruner:
+    """Holds the masks of a set of matrices and moves them along the cubic schedule."""
+
+    def __init__(self, weights: dict[str, nn.Parameter], final_sparsity: float, prune_steps: int,
+                 num_events: int = 12, initial_sparsity: float = 0.0):
+        if not 0.0 <= final_sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {final_sparsity}")
+        self.weights = weights
+        self.final_sparsity = final_sparsity
+        self.initial_sparsity = initial_sparsity
+        self.num_events = num_events
+        # Several events may round to the same step on a very short stage: the last (highest) one wins.
+        self.schedule = {step: k for k, step in enumerate(event_steps(prune_steps, num_events), start=1)}
+        self.masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
+        self.current_sparsity = initial_sparsity
+
+    @torch.no_grad()
+    def prune_to(self, sparsity: float) -> None:
+        """Zero exactly round(sparsity * n) smallest-magnitude weights of each matrix."""
+        for name, weight in self.weights.items():
+            n = weight.numel()
+            k = round(sparsity * n)
+            mask = torch.ones(n, dtype=torch.bool, device=weight.device)
+            if k > 0:
+                # Already-pruned weights are zero, hence among the smallest: masks only grow.
+                smallest = torch.topk(weight.detach().abs().flatten().float(), k, largest=False).indices
+                mask[smallest] = False
+            self.masks[name] = mask.view_as(weight)
+        self.current_sparsity = sparsity
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for name, weight in self.weights.items():
+            weight.mul_(self.masks[name])
+
+    def step(self, completed_steps: int) -> float | None:
+        """Call after every optimizer step; prunes when an event falls due. Returns the new sparsity or None."""
+        event = self.schedule.get(completed_steps)
+        if event is not None:
+            self.prune_to(cubic_sparsity(event, self.num_events, self.final_sparsity, self.initial_sparsity))
+            return self.current_sparsity
+        self.apply()
+        return None
+
+    def finish(self) -> None:
+        """Jump to the final sparsity if a stage ended before its last event (e.g. a run cut short)."""
+        if self.current_sparsity != self.final_sparsity:
+            self.prune_to(self.final_sparsity)
+
+    def report(self) -> dict[str, dict]:
+        """Per-matrix zeros, size and sparsity as they are in the weights now."""
+        out = {}
+        for name, weight in self.weights.items():
+            zeros = int((weight == 0).sum())
+            out[name] = {"zeros": zeros, "numel": weight.numel(), "sparsity": zeros / weight.numel()}
+        return out

@@ -1,0 +1,48 @@
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_GLUE = REPO.parent / "shared" / "glue"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_bert(num_labels=2, layers=4, seed=0):
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+                     attn_implementation="eager", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertForSequenceClassification(cfg)
+
+
+@pytest.fixture
+def bert():
+    return tiny_bert()
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 200, (4, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 9:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+@pytest.fixture
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def deep(model):
+    return copy.deepcopy(model)

@@ -1,0 +1,23 @@
+"""Shared settings for end-to-end tests: the tiny model on the built-in samples with a few steps."""
+from harness.cli import main
+
+# 64 train examples, batch 16: 4 steps an epoch. Enough for every stage to run and for the checks to bite.
+FAST_RUN = ["max_train_examples=64", "batch_size=16", "teacher_epochs=2", "teacher_lr=2e-3",
+            "train_eval_examples=0", "eval_steps=1000", "max_eval_examples=64"]
+FAST_SPD = ["prune_epochs=1", "graft_epochs=1", "finetune_epochs=1", "lr=1e-3"]
+FAST_SETTINGS = {
+    "spd": FAST_SPD, "sparse-kd": FAST_SPD, "sparse-progressive": FAST_SPD,
+    "sparse-ft": ["prune_epochs=1", "graft_epochs=1", "finetune_epochs=1", "lr=1e-3"],
+    "theseus": ["replace_epochs=1", "finetune_epochs=1", "lr=1e-3"],
+    "dense": [],
+}
+
+
+def run_cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def fast_run(method, task, out, cache, sparsity=0.5, extra=()):
+    return run_cli("run", "--method", method, "--task", task, "--model", "tiny", "--sparsity", sparsity,
+                   "--glue-dir", "samples", "--out", out, "--cache", cache, "--quiet", "--seed", 1,
+                   *FAST_RUN, *FAST_SETTINGS[method], *extra)

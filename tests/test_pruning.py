@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from spd.pruning import (PRUNED_MATRICES, MagnitudePruner, cubic_sparsity, event_steps,
+                         prunable_matrices)
+
+
+def layers_of(model):
+    return {f"bert.encoder.layer.{i}": l for i, l in enumerate(model.bert.encoder.layer)}
+
+
+def test_cubic_formula_at_every_event():
+    K, sf = 12, 0.9
+    for k in range(K + 1):
+        assert cubic_sparsity(k, K, sf) == pytest.approx(sf + (0.0 - sf) * (1 - k / K) ** 3)
+    assert cubic_sparsity(0, K, sf) == 0.0
+    assert cubic_sparsity(K, K, sf) == pytest.approx(sf)
+    values = [cubic_sparsity(k, K, sf) for k in range(K + 1)]
+    assert values == sorted(values)
+    # cubic: most of the pruning happens early
+    assert values[6] > sf * 0.85
+
+
+def test_event_steps_even_and_last_at_stage_end():
+    assert event_steps(120, 12) == list(range(10, 121, 10))
+    steps = event_steps(100, 12)
+    assert steps[-1] == 100 and len(steps) == 12 and steps == sorted(steps)
+
+
+def test_pruner_follows_schedule_and_hits_exact_counts(bert):
+    weights = prunable_matrices(layers_of(bert))
+    assert len(weights) == 6 * 4
+    pruner = MagnitudePruner(weights, 0.9, prune_steps=24, num_events=12)
+    seen = {}
+    for t in range(1, 25):
+        s = pruner.step(t)
+        if s is not None:
+            seen[t] = s
+    assert list(seen) == event_steps(24, 12)
+    for k, (t, s) in enumerate(seen.items(), start=1):
+        assert s == pytest.approx(cubic_sparsity(k, 12, 0.9))
+    for name, w in weights.items():
+        assert int((w == 0).sum()) == round(0.9 * w.numel()), name
+
+
+def test_pruned_weights_are_the_smallest_and_stay_zero_through_optimizer_steps(bert):
+    weights = prunable_matrices(layers_of(bert))
+    before = {n: w.detach().abs().clone() for n, w in weights.items()}
+    pruner = MagnitudePruner(weights, 0.5, prune_steps=1, num_events=1)
+    pruner.step(1)
+    for n, w in weights.items():
+        kept = before[n][w != 0]
+        dropped = before[n][w == 0]
+        assert dropped.max() <= kept.min()
+    opt = torch.optim.AdamW(bert.parameters(), lr=1e-2)
+    masks = {n: (w == 0).clone() for n, w in weights.items()}
+    ids = torch.randint(0, 200, (2, 8))
+    for step in range(2, 6):
+        loss = bert(input_ids=ids, labels=torch.tensor([0, 1])).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        pruner.step(step)
+        for n, w in weights.items():
+            assert torch.all(w[masks[n]] == 0)
+            assert int((w == 0).sum()) == round(0.5 * w.numel())
+
+
+def test_only_the_six_weight_matrices_are_pruned(bert):
+    weights = prunable_matrices(layers_of(bert))
+    names = set(weights)
+    assert all(n.endswith(".weight") for n in names)
+    assert all(any(f".{m}.weight" in n for m in PRUNED_MATRICES) for n in names)
+    pruned_ids = {id(w) for w in weights.values()}
+    for name, p in bert.named_parameters():
+        if id(p) not in pruned_ids:
+            # biases, LayerNorm, embeddings, pooler, classifier
+            assert ("bias" in name or "LayerNorm" in name or "embeddings" in name or "pooler" in name
+                    or "classifier" in name), name
+    MagnitudePruner(weights, 0.9, prune_steps=1).step(1)
+    for name, p in bert.named_parameters():
+        if id(p) not in pruned_ids:
+            assert int((p == 0).sum()) < p.numel() * 0.5 or "bias" in name, name
+
+
+def test_sparsity_outside_range_rejected(bert):
+    with pytest.raises(ValueError):
+        MagnitudePruner(prunable_matrices(layers_of(bert)), 1.0, prune_steps=1)

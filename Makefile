@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= runs
 
-.PHONY: help demo test smoke lock clean
+.PHONY: help venv demo test smoke lock clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml requirements/lock.txt
 
 venv: $(STAMP)  ## create .venv and install the project with its test and minilm extras
 
-demo: $(STAMP)  ## run the main job on the built-in samples and print its results
-	$(BIN)/spd-bench demo --out $(OUT)/demo
+demo: smoke  ## the smoke grid on the built-in samples, its three tables printed
+	@cat $(OUT)/smoke/table1.md $(OUT)/smoke/table2.md $(OUT)/smoke/table3.md
+
+smoke: $(STAMP)  ## every method x every task on the tiny model (built-in samples) -> runs/smoke/table{1,2,3}.md
+	$(BIN)/spd-bench run configs/smoke.yaml --out $(OUT)/smoke
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q

@@ -40,7 +40,7 @@ DOCKER_RUN = $(DOCKER) run --rm $(DOCKER_GPUS) --shm-size $(DOCKER_SHM) --user $
 
 docker-build:  ## build the spd-bench:latest image on the CUDA PyTorch base (docs/docker.md)
 	DOCKER_BUILDKIT=1 $(DOCKER) build $(DOCKER_BUILD_FLAGS) $(if $(strip $(BASE_IMAGE)),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
-		-f docker/Dockerfile -t $(DOCKER_IMAGE) .
+		--build-arg GIT_SHA=$$(git rev-parse --verify HEAD 2>/dev/null) -f docker/Dockerfile -t $(DOCKER_IMAGE) .
 
 # Made on the host first: a directory docker creates for a bind mount belongs to root. Run as
 # root, make hands them to DOCKER_USER (root keeps access anyway).

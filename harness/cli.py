@@ -121,11 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--plugin", action="append", default=[], metavar="FILE")
     methods.set_defaults(func=cmd_methods)
     sub.add_parser("tasks", help="list GLUE tasks").set_defaults(func=cmd_tasks)
-    try:
-        from harness.grid import add_grid_commands
-        add_grid_commands(sub)
-    except ImportError:
-        pass
+    from harness.grid import add_grid_commands
+    add_grid_commands(sub)
     return p
 
 

@@ -2,7 +2,8 @@
 
     name: table1
     model: bert-base-uncased
-    glue_dir: null              # a glue_data dir, 'hub', or null ($GLUE_DIR, else built-in samples)
+    glue_dir: null              # a glue_data dir, 'hub', 'samples', or null: --glue-dir, else $GLUE_DIR, else the hub
+                                # (a grid never falls back to the samples silently: they must be named)
     seeds: [42]
     tasks: [mnli, qqp, ...]
     run: {batch_size: 32}       # RunConfig fields shared by every cell
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,7 @@ TOP_KEYS = {"name", "description", "model", "glue_dir", "seeds", "tasks", "run",
 METHOD_KEYS = {"method", "sparsity", "settings", "run", "tasks"}
 OVERRIDE_KEYS = {"settings", "run"}
 # Fields that do not change what a cell computes, so they stay out of its key.
-NOT_IN_KEY = {"device", "glue_dir"}
+NOT_IN_KEY = {"device"}
 
 
 @dataclass
@@ -87,6 +89,7 @@ def load_grid(path: str | Path, seeds: int | None = None, glue_dir: str | None =
             raise UserError(f"{path}: '{required}' is required")
     # plugin paths are relative to the config file
     use_plugins([(path.parent / p) for p in raw.get("plugins") or []])
+    source = glue_dir or raw.get("glue_dir") or os.environ.get("GLUE_DIR") or "hub"
     seed_list = list(raw.get("seeds") or [42])
     if seeds is not None:
         if seeds < 1:
@@ -114,7 +117,7 @@ def load_grid(path: str | Path, seeds: int | None = None, glue_dir: str | None =
             for seed in seed_list:
                 cfg = RunConfig(task=task, method=method.name, model=raw.get("model", "bert-base-uncased"),
                                 sparsity=float(entry.get("sparsity", 0.0)) if method.prunes else 0.0,
-                                seed=seed, glue_dir=glue_dir or raw.get("glue_dir"), settings=settings, **run)
+                                seed=seed, glue_dir=source, settings=settings, **run)
                 cfg.validate()
                 cells.append(Cell(cfg))
     ids = [c.cell_id for c in cells]

@@ -234,7 +234,7 @@ def run_cell(cfg: RunConfig, out_dir: str | os.PathLike, cache_dir: str | os.Pat
         store.write_json(tmp / "manifest.json", store.manifest(
             device, cfg.seed, started, finished, train_seconds=round(result.train_seconds, 3),
             step_seconds=round(result.step_seconds, 3)))
-        metrics = {"task": task.name, "method": method.name, "model": cfg.model, "sparsity": cfg.sparsity,
+        metrics = {"task": task.name, "method": method.name, "model": cfg.model, "sparsity": ctx.sparsity,
                    "seed": cfg.seed, "metric": task.metric, "final": result.final, "best": result.best,
                    "teacher": teacher_metrics["final"], "achieved_sparsity": sparsity["overall"],
                    "params": models.count_parameters(final_model),

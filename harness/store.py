@@ -5,6 +5,7 @@ renamed into place, so an interrupted run never leaves a directory that looks fi
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -65,12 +66,15 @@ def atomic_dir(final: str | os.PathLike):
 
 
 def git_sha() -> str | None:
+    """The source's commit: from the checkout, or SPD_BENCH_GIT_SHA (set in the Docker image, which has no .git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+        out = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        pass
+    return os.environ.get("SPD_BENCH_GIT_SHA") or None
 
 
 def package_versions() -> dict[str, str]:
@@ -89,7 +93,11 @@ def device_description(device: torch.device) -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def manifest(device: torch.device, seed: int, started: float, finished: float, **extra) -> dict:
-    return {"git_sha": git_sha(), "packages": package_versions(), "python": platform.python_version(),
+    return {"git_sha": git_sha(), "started_at": _iso(started), "finished_at": _iso(finished), "packages": package_versions(), "python": platform.python_version(),
             "host": socket.gethostname(), "device": device_description(device), "seed": seed,
             "started": started, "finished": finished, "seconds": round(finished - started, 3), **extra}

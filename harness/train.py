@@ -158,8 +158,12 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[], object], d
             t0 = time.perf_counter()
             batch = to_device(next(batches), device)
             labels = batch.pop("labels")
-            p = recipe.grafting(step) if recipe.grafting else 1.0
-            grafting.sample_grafting(model, p, generator) if recipe.grafting else grafting.use_students(model, True)
+            if recipe.grafting:
+                p = recipe.grafting(step)
+                grafting.sample_grafting(model, p, generator)
+            else:
+                p = 1.0
+                grafting.use_students(model, True)
             if recipe.loss == "kd":
                 draws = [s.use_student for s in grafting.slots(model)]
                 teacher_out = _teacher_outputs(model, batch, device)

@@ -1,0 +1,165 @@
+"""Peak memory (CPU RSS) of training each method: dense fine-tuning, spd, sparse-kd, sparse-progressive,
+sparse-ft, theseus, on minilm at batch 32 x 128 tokens.
+
+One fresh subprocess per method, so peaks never mix. In it: the pre-trained model is loaded as the teacher,
+the method's recipe is built as the harness builds it (dense fine-tuning: the teacher's own recipe, every
+parameter trained on the task loss), and harness.train.train runs the recipe's first phase for 2 steps on
+random token ids (the first step allocates AdamW's state, the second is a steady step), then the phase-end
+evaluation on one small dev batch. Peak RSS comes from the kernel (/proc/self/status VmHWM, reset through
+/proc/self/clear_refs after setup when the kernel allows it; else getrusage's ru_maxrss): psutil is not
+installed, and tracemalloc does not see torch's allocations.
+
+    .venv/bin/python bench/memory.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import REPO, machine, section_header, update_section  # noqa: E402
+
+METHODS = ("dense-ft", "spd", "sparse-kd", "sparse-progressive", "sparse-ft", "theseus")
+
+
+def status_kb(field: str) -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_kb() -> int:
+    import resource
+    hwm = status_kb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def child(method_name: str, model_name: str, task_name: str, batch: int, seq: int, steps: int) -> dict:
+    """Runs in the subprocess: one method's recipe, `steps` steps of the loop, peak RSS."""
+    import dataclasses
+
+    import torch
+
+    from harness import models
+    from harness.recipe import BuildContext, Phase, Recipe, all_parameters
+    from harness.registry import get_method, make_settings
+    from harness.tasks import get_task
+    from harness.train import LoopConfig, train
+
+    rss_start = status_kb("VmRSS")
+    task = get_task(task_name)
+    teacher = models.load_pretrained(model_name, task, 42)
+    if method_name == "dense-ft":   # what ensure_teacher trains
+        recipe = Recipe(model=teacher, phases=[Phase("finetune", steps, 3e-5, all_parameters)], loss="task")
+    else:
+        method = get_method(method_name)
+        ctx = BuildContext(teacher=teacher, task=task, steps_per_epoch=2490 // batch,
+                           sparsity=0.9 if method.prunes else 0.0, seed=42)
+        recipe = method.build(make_settings(method, {}), ctx)
+        recipe.phases = [dataclasses.replace(recipe.phases[0], steps=steps)]
+    g = torch.Generator().manual_seed(0)
+
+    def make_batch(n):
+        ids = torch.randint(1000, teacher.config.vocab_size, (n, seq), generator=g)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+                "labels": torch.randint(0, task.num_labels, (n,), generator=g)}
+    train_batches = [make_batch(batch) for _ in range(steps)]
+    dev = [make_batch(8)]
+    params = sum(p.numel() for p in recipe.model.parameters())
+    rss_before = status_kb("VmRSS")
+    resettable = reset_peak()
+    peak_setup = peak_kb()
+    t0 = time.perf_counter()
+    train(recipe, task, lambda: iter(train_batches), dev, torch.device("cpu"),
+          LoopConfig(eval_steps=10**6, progress=False))
+    seconds = time.perf_counter() - t0
+    return {"method": method_name, "rss_start_kb": rss_start, "rss_before_kb": rss_before,
+            "peak_kb": peak_kb(), "peak_setup_kb": peak_setup, "peak_reset": resettable,
+            "params": params, "trainable": sum(p.numel() for _, p in recipe.phases[0].trainable(recipe.model)),
+            "loss": recipe.loss, "phase": recipe.phases[0].name, "seconds": seconds}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--task", default="rte")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--quick", action="store_true", help="the tiny model, batch 8 x 64, no docs update")
+    ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.model, args.batch, args.seq = "tiny", 8, 64
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child, args.model, args.task, args.batch, args.seq, args.steps)))
+        return 0
+
+    from tabulate import tabulate
+    m = machine()
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    results = []
+    for method in args.methods.split(","):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--model", args.model,
+               "--task", args.task, "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+            raise SystemExit(f"{method}: subprocess failed ({proc.returncode})")
+        r = json.loads(lines[-1][len("RESULT "):])
+        results.append(r)
+        print(f"{method}: peak {r['peak_kb'] / 1024:.0f} MiB ({r['seconds']:.0f}s)", flush=True)
+
+    mib = lambda kb: f"{kb / 1024:.0f}"  # noqa: E731
+    base = next((r for r in results if r["method"] == "dense-ft"), results[0])
+    rows = [[r["method"], r["phase"], r["loss"], f"{r['params'] / 1e6:.1f}M", f"{r['trainable'] / 1e6:.1f}M",
+             mib(r["rss_before_kb"]), mib(r["peak_kb"]), mib(r["peak_kb"] - r["rss_before_kb"]),
+             f"{r['peak_kb'] / base['peak_kb']:.2f}x"] for r in results]
+    headers = ["method", "phase measured", "loss", "params in model", "trainable", "RSS before training MiB",
+               "peak RSS MiB", "peak - before MiB", f"peak vs {base['method']}"]
+    table = tabulate(rows, headers=headers, tablefmt="github")
+    print(table)
+    reset = all(r["peak_reset"] for r in results)
+    body = "\n".join([
+        section_header("Peak memory of a training step, per method", m),
+        f"`{args.model}`, batch {args.batch} x {args.seq} random token ids, {args.steps} steps of each method's "
+        f"first phase through `harness.train.train` (the real loop: grafting draw, teacher forward for KD, "
+        f"student forward/backward, clip, AdamW, pruner) plus its phase-end evaluation on 8 examples; one fresh "
+        f"subprocess per method. `dense-ft` is the teacher's fine-tuning (every parameter, task loss). "
+        f"'RSS before training' is after imports, model load and the recipe's surgery; the peak is the "
+        f"kernel's high-water mark (VmHWM{', reset after setup' if reset else ''}), so it includes the "
+        f"activations kept for the backward pass, gradients and AdamW's two moments of the trainable set.",
+        "",
+        table,
+    ])
+    if not (args.quick or args.no_docs):
+        update_section("memory", body)
+        print("\nwrote docs/performance.md (section memory)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

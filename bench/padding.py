@@ -1,0 +1,143 @@
+"""Epoch cost with dynamic padding (harness.data.make_loader's default) against padding every example to 128
+tokens (make_loader(..., pad_to=128): the official code's --pad_to_max_length), on the real CoLA and RTE
+train sets.
+
+For each task both loaders are built with the same shuffle seed, so batch i holds the same examples in both
+and differs only in padding. Tokens per epoch are counted exactly over the whole epoch. The time is the
+forward + backward of minilm (train mode, loss from the labels) on the first N batches of the epoch, the
+two loaders interleaved batch by batch; the epoch time is extrapolated from those batches: padded batches
+all have one shape (time per batch x batches per epoch); dynamic batches are timed per token
+(seconds per padded token of the measured batches x tokens per epoch). The optimizer step (clip + AdamW) is
+left out: it costs the same per step whatever the padding, and both epochs have the same number of steps.
+
+    .venv/bin/python bench/padding.py [--quick] [--batches N]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import glue_dir, machine, median, section_header, update_section  # noqa: E402
+
+import torch  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from harness import data, models  # noqa: E402
+from harness.run import default_cache_dir  # noqa: E402
+from harness.tasks import get_task  # noqa: E402
+
+SEQ = 128
+BATCH = 32
+
+
+def epoch_tokens(loader) -> tuple[int, int, int]:
+    """(padded tokens, real tokens, batches) of one pass over `loader`."""
+    padded = real = batches = 0
+    for b in loader:
+        padded += b["input_ids"].numel()
+        real += int(b["attention_mask"].sum())
+        batches += 1
+    return padded, real, batches
+
+
+def fwd_bwd(model, batch) -> float:
+    t0 = time.perf_counter()
+    loss = model(**batch).loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def measure(task_name: str, model_name: str, n_batches: int, source: str, tokenizer) -> dict:
+    task = get_task(task_name)
+    raw = data.load_split(task, "train", source)
+    tok = data.tokenize(raw, tokenizer, SEQ, default_cache_dir() / "tokenized")
+    dynamic = lambda: data.make_loader(tok, tokenizer, BATCH, shuffle=True, seed=0)  # noqa: E731
+    padded = lambda: data.make_loader(tok, tokenizer, BATCH, shuffle=True, seed=0, pad_to=SEQ)  # noqa: E731
+    dyn_tokens, real_tokens, batches = epoch_tokens(dynamic())
+    pad_tokens, _, _ = epoch_tokens(padded())
+
+    model = models.load_pretrained(model_name, task, 42).train()
+    warm = next(iter(padded()))
+    fwd_bwd(model, warm)                       # first call allocates; not timed
+    times = {"dynamic": [], "padded": []}
+    tokens = {"dynamic": [], "padded": []}
+    for i, (bd, bp) in enumerate(zip(dynamic(), padded())):
+        if i >= n_batches:
+            break
+        pairs = [("dynamic", bd), ("padded", bp)]
+        if i % 2:
+            pairs.reverse()
+        for name, b in pairs:
+            times[name].append(fwd_bwd(model, b))
+            tokens[name].append(b["input_ids"].numel())
+        print(f"  {task_name} batch {i + 1}/{n_batches}: dynamic {bd['input_ids'].shape[1]:3d} tokens "
+              f"{times['dynamic'][-1]:.2f}s, padded {times['padded'][-1]:.2f}s", flush=True)
+    per_token_dyn = sum(times["dynamic"]) / sum(tokens["dynamic"])
+    epoch_dyn = per_token_dyn * dyn_tokens
+    epoch_pad = median(times["padded"]) * batches
+    return {"task": task_name, "examples": len(tok), "batches": batches, "real": real_tokens,
+            "dyn_tokens": dyn_tokens, "pad_tokens": pad_tokens, "measured": len(times["padded"]),
+            "mean_len_dyn": dyn_tokens / len(tok), "dyn_batch_s": median(times["dynamic"]),
+            "pad_batch_s": median(times["padded"]), "epoch_dyn": epoch_dyn, "epoch_pad": epoch_pad,
+            # the same ratio from the measured batches only, no extrapolation
+            "measured_ratio": sum(times["padded"]) / sum(times["dynamic"])}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--tasks", default="cola,rte")
+    ap.add_argument("--batches", type=int, default=20, help="batches timed per task and variant (default 20)")
+    ap.add_argument("--quick", action="store_true", help="4 batches, no docs update")
+    ap.add_argument("--no-docs", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.batches = 4
+    m = machine()
+    source = data.resolve_source(str(glue_dir()))
+    tokenizer = models.load_tokenizer(args.model)
+    results = [measure(t, args.model, args.batches, source, tokenizer) for t in args.tasks.split(",")]
+
+    rows = []
+    for r in results:
+        rows.append([r["task"].upper(), r["examples"], r["batches"], f"{r['real'] / r['examples']:.1f}",
+                     f"{r['dyn_tokens'] / 1e3:.0f}k", f"{r['pad_tokens'] / 1e3:.0f}k",
+                     f"{r['pad_tokens'] / r['dyn_tokens']:.2f}x",
+                     f"{r['dyn_batch_s']:.2f}", f"{r['pad_batch_s']:.2f}",
+                     f"{r['epoch_dyn'] / 60:.1f}", f"{r['epoch_pad'] / 60:.1f}",
+                     f"{r['epoch_pad'] / r['epoch_dyn']:.2f}x", f"{r['measured_ratio']:.2f}x"])
+    headers = ["task", "train ex.", "batches/epoch", "real tok/ex.", "tokens/epoch dynamic",
+               "tokens/epoch pad-128", "token ratio", "s/batch dynamic (median)", "s/batch pad-128 (median)",
+               "epoch min dynamic*", "epoch min pad-128*", "epoch ratio*", f"ratio on the {args.batches} timed batches"]
+    table = tabulate(rows, headers=headers, tablefmt="github")
+    print(table)
+    body = "\n".join([
+        section_header("Dynamic padding vs padding to 128 tokens", m),
+        f"`{args.model}`, batch {BATCH}, max_seq_length {SEQ}, the real train sets from `../shared/glue`. Both loaders "
+        f"use the same shuffle seed, so batch i holds the same examples in both; tokens per epoch are counted "
+        f"over the full epoch (padding included: what the model computes on). Timed: forward + backward "
+        f"(train mode, loss from the labels) of the first {args.batches} batches of the epoch, dynamic and padded "
+        f"interleaved batch by batch.",
+        "",
+        table,
+        "",
+        "\\* Extrapolated to the full epoch: pad-128 batches all have one shape (median seconds per batch x "
+        "batches per epoch); dynamic batches by tokens (seconds per token over the timed batches x tokens per "
+        "epoch; attention's cost is quadratic in the length, so this slightly overstates long batches and "
+        "understates short ones). The last column is the ratio over the timed batches themselves, no "
+        "extrapolation. The optimizer step is not included: it costs the same per step under both paddings "
+        "(see the step_cost section for its size).",
+    ])
+    if not (args.quick or args.no_docs):
+        update_section("padding", body)
+        print("\nwrote docs/performance.md (section padding)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--tasks", default="cola,rte")
-    ap.add_argument("--batches", type=int, default=20, help="batches timed per task and variant (default 20)")
+    ap.add_argument("--batches", type=int, default=30, help="batches timed per task and variant (default 30)")
     ap.add_argument("--quick", action="store_true", help="4 batches, no docs update")
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args(argv)

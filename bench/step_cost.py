@@ -210,6 +210,56 @@ def measure(steps: dict, batch, reps: int, warmup: int, threads: int) -> dict:
     return r
 
 
+# (label, method, phase index, fixed grafting p or None for the recipe's schedule from step 0)
+METHOD_VARIANTS = [
+    ("plain fine-tuning (teacher)", "dense-ft", 0, None),
+    ("spd, pruning stage (p = p0)", "spd", 0, None),
+    ("spd, p = 1 (stage 3)", "spd", 0, 1.0),
+    ("sparse-kd", "sparse-kd", 0, None),
+    ("sparse-progressive, pruning stage", "sparse-progressive", 0, None),
+    ("sparse-progressive, p = 1", "sparse-progressive", 0, 1.0),
+    ("sparse-ft", "sparse-ft", 0, None),
+    ("theseus, replacing (p = 0.3)", "theseus", 0, None),
+    ("theseus, compact fine-tuning", "theseus", 1, None),
+]
+
+
+def method_steps(pretrained, task, batch, steps: int, rounds: int) -> list[list]:
+    """Seconds per step of every method's recipe through harness.train.train itself (its step_seconds,
+    evaluation excluded), on the same batch; methods interleaved, `rounds` rounds, the fastest round kept."""
+    import dataclasses
+
+    from harness.recipe import Phase, Recipe, all_parameters
+    from harness.train import train
+
+    batches = [batch] * steps
+    dev = [{k: v[:4] for k, v in batch.items()}]
+    seconds: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for label, name, phase_index, p in METHOD_VARIANTS:
+            teacher = copy.deepcopy(pretrained)
+            if name == "dense-ft":
+                recipe = Recipe(model=teacher, phases=[Phase("finetune", steps, 3e-5, all_parameters)], loss="task")
+            else:
+                method = get_method(name)
+                ctx = BuildContext(teacher=teacher, task=task, steps_per_epoch=2490 // len(batch["labels"]),
+                                   sparsity=0.9 if method.prunes else 0.0, seed=42)
+                recipe = method.build(make_settings(method, {}), ctx)
+                phase = recipe.phases[phase_index]
+                if phase.before is not None:     # surgery (Theseus: drop the predecessors) outside the timing
+                    recipe.model = phase.before(recipe.model)
+                    phase = dataclasses.replace(phase, before=None)
+                recipe.phases = [dataclasses.replace(phase, steps=steps)]
+                if p is not None:
+                    recipe.grafting = lambda t, p=p: p
+            torch.manual_seed(0)
+            result = train(recipe, task, lambda: iter(batches), dev, torch.device("cpu"),
+                           LoopConfig(eval_steps=10**6, progress=False))
+            seconds.setdefault(label, []).append(result.step_seconds / steps)
+    base = min(seconds[METHOD_VARIANTS[0][0]])
+    return [[label, f"{min(ts):.3f}", f"{min(ts) / base:.2f}x"] for label, ts in seconds.items()]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="minilm")
@@ -223,9 +273,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 steps of each, 1 warm-up, no docs update")
     ap.add_argument("--profile", action="store_true", help="also profile one step of each (always when > 1.35x)")
     ap.add_argument("--no-docs", action="store_true", help="print only; leave docs/performance.md alone")
+    ap.add_argument("--method-steps", type=int, default=4,
+                    help="steps per method in the every-method table (0: skip it; default 4)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.reps, args.warmup = 3, 1
+        args.reps, args.warmup, args.method_steps = 3, 1, 2
     thread_counts = [int(t) for t in args.threads.split(",")]
 
     m = machine()
@@ -255,6 +307,26 @@ def main(argv=None) -> int:
             for name, label in (("spd p=1", "SPD (p=1)"), ("plain", "plain")):
                 profiles.append(profile(steps[name], batch, f"{label}, {threads} threads"))
                 print(profiles[-1])
+
+    method_block = []
+    if args.method_steps:
+        torch.set_num_threads(thread_counts[0])
+        print(f"every method through harness.train.train, {args.method_steps} steps each, 2 rounds, "
+              f"{thread_counts[0]} threads", flush=True)
+        table = tabulate(method_steps(pretrained, task, batch, args.method_steps, rounds=2),
+                         headers=["recipe (first phase unless named)", "s/step", "vs plain"], tablefmt="github")
+        print(table)
+        method_block = [
+            f"### Every method's step, through the real loop ({thread_counts[0]} torch threads)",
+            "",
+            f"Each recipe built as the harness builds it, its first phase (Theseus also its compact phase) run "
+            f"for {args.method_steps} steps by `harness.train.train` on the same batch; seconds per step are the "
+            f"loop's own `step_seconds` (evaluation excluded), the faster of 2 interleaved rounds. These are the "
+            f"multipliers `configs/mini_real.yaml` is sized with.",
+            "",
+            table,
+            "",
+        ]
 
     blocks = []
     for r in results:
@@ -287,6 +359,7 @@ def main(argv=None) -> int:
         f"frozen teacher layer instead.",
         "",
         *blocks,
+        *method_block,
         *profiles,
     ])
     if not (args.quick or args.no_docs):

@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     methods.set_defaults(func=cmd_methods)
     sub.add_parser("tasks", help="list GLUE tasks").set_defaults(func=cmd_tasks)
     from harness.grid import add_grid_commands
+    from harness.plot import add_plot_command
     add_grid_commands(sub)
+    add_plot_command(sub)
     return p
 
 

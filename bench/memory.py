@@ -3,9 +3,11 @@ sparse-ft, theseus, on minilm at batch 32 x 128 tokens.
 
 One fresh subprocess per method, so peaks never mix. In it: the pre-trained model is loaded as the teacher,
 the method's recipe is built as the harness builds it (dense fine-tuning: the teacher's own recipe, every
-parameter trained on the task loss), and harness.train.train runs the recipe's first phase for 2 steps on
-random token ids (the first step allocates AdamW's state, the second is a steady step), then the phase-end
-evaluation on one small dev batch. Peak RSS comes from the kernel (/proc/self/status VmHWM, reset through
+parameter trained on the task loss), and harness.train.train runs one of its phases (the first; Theseus also its
+compact phase) for 2 steps on random token ids (the first step allocates AdamW's state, the second is a steady step), then the phase-end
+evaluation on one small dev batch. Grafted recipes run at their worst draw for memory: SPD and
+Sparse + Progressive with every student module in the path (p = 1, stage 3), Theseus with its first successor
+drawn and the predecessors after it (activations of 5 layers are kept for the backward pass). Peak RSS comes from the kernel (/proc/self/status VmHWM, reset through
 /proc/self/clear_refs after setup when the kernel allows it; else getrusage's ru_maxrss): psutil is not
 installed, and tracemalloc does not see torch's allocations.
 
@@ -25,7 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, machine, section_header, update_section  # noqa: E402
 
-METHODS = ("dense-ft", "spd", "sparse-kd", "sparse-progressive", "sparse-ft", "theseus")
+# name -> (method, phase index, how the slots are drawn). Grafted recipes are measured at their worst draw:
+# every module that trains is in the path and everything after it keeps activations for the backward pass.
+VARIANTS = {
+    "dense-ft": ("dense-ft", 0, "none"),                # the teacher's fine-tuning: every parameter
+    "spd": ("spd", 0, "p=1"),                           # stage 3: every student module in the path
+    "sparse-kd": ("sparse-kd", 0, "none"),              # no grafting: p = 1 always
+    "sparse-progressive": ("sparse-progressive", 0, "p=1"),
+    "sparse-ft": ("sparse-ft", 0, "none"),
+    "theseus": ("theseus", 0, "first"),                 # replacing: successor 1 drawn, predecessors after it
+    "theseus-compact": ("theseus", 1, "none"),          # compact fine-tuning: 3 layers, every parameter
+}
+DRAWS = {"none": "-", "p=1": "all students", "first": "1st successor + predecessors"}
 
 
 def status_kb(field: str) -> int | None:
@@ -54,13 +67,14 @@ def peak_kb() -> int:
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def child(method_name: str, model_name: str, task_name: str, batch: int, seq: int, steps: int) -> dict:
+def child(variant: str, model_name: str, task_name: str, batch: int, seq: int, steps: int) -> dict:
     """Runs in the subprocess: one method's recipe, `steps` steps of the loop, peak RSS."""
     import dataclasses
 
     import torch
 
     from harness import models
+    from spd import grafting
     from harness.recipe import BuildContext, Phase, Recipe, all_parameters
     from harness.registry import get_method, make_settings
     from harness.tasks import get_task
@@ -69,6 +83,7 @@ def child(method_name: str, model_name: str, task_name: str, batch: int, seq: in
     rss_start = status_kb("VmRSS")
     task = get_task(task_name)
     teacher = models.load_pretrained(model_name, task, 42)
+    method_name, phase_index, draw = VARIANTS[variant]
     if method_name == "dense-ft":   # what ensure_teacher trains
         recipe = Recipe(model=teacher, phases=[Phase("finetune", steps, 3e-5, all_parameters)], loss="task")
     else:
@@ -76,7 +91,19 @@ def child(method_name: str, model_name: str, task_name: str, batch: int, seq: in
         ctx = BuildContext(teacher=teacher, task=task, steps_per_epoch=2490 // batch,
                            sparsity=0.9 if method.prunes else 0.0, seed=42)
         recipe = method.build(make_settings(method, {}), ctx)
-        recipe.phases = [dataclasses.replace(recipe.phases[0], steps=steps)]
+        phase = recipe.phases[phase_index]
+        if phase.before is not None:    # Theseus's compact phase: its surgery before, as the loop would
+            recipe.model = phase.before(recipe.model)
+            phase = dataclasses.replace(phase, before=None)
+        recipe.phases = [dataclasses.replace(phase, steps=steps)]
+    if draw == "p=1":
+        recipe.grafting = lambda t: 1.0
+    elif draw == "first":
+        def first_only(model, p, generator):
+            choice = [i == 0 for i in range(len(grafting.slots(model)))]
+            grafting.use_students(model, choice)
+            return choice
+        grafting.sample_grafting = first_only     # train() calls it through the module
     g = torch.Generator().manual_seed(0)
 
     def make_batch(n):
@@ -93,7 +120,7 @@ def child(method_name: str, model_name: str, task_name: str, batch: int, seq: in
     train(recipe, task, lambda: iter(train_batches), dev, torch.device("cpu"),
           LoopConfig(eval_steps=10**6, progress=False))
     seconds = time.perf_counter() - t0
-    return {"method": method_name, "rss_start_kb": rss_start, "rss_before_kb": rss_before,
+    return {"method": variant, "draw": DRAWS[draw], "rss_start_kb": rss_start, "rss_before_kb": rss_before,
             "peak_kb": peak_kb(), "peak_setup_kb": peak_setup, "peak_reset": resettable,
             "params": params, "trainable": sum(p.numel() for _, p in recipe.phases[0].trainable(recipe.model)),
             "loss": recipe.loss, "phase": recipe.phases[0].name, "seconds": seconds}
@@ -106,7 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     ap.add_argument("--quick", action="store_true", help="the tiny model, batch 8 x 64, no docs update")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -135,20 +162,23 @@ def main(argv=None) -> int:
 
     mib = lambda kb: f"{kb / 1024:.0f}"  # noqa: E731
     base = next((r for r in results if r["method"] == "dense-ft"), results[0])
-    rows = [[r["method"], r["phase"], r["loss"], f"{r['params'] / 1e6:.1f}M", f"{r['trainable'] / 1e6:.1f}M",
+    rows = [[r["method"], r["phase"], r["draw"], r["loss"], f"{r['params'] / 1e6:.1f}M", f"{r['trainable'] / 1e6:.1f}M",
              mib(r["rss_before_kb"]), mib(r["peak_kb"]), mib(r["peak_kb"] - r["rss_before_kb"]),
              f"{r['peak_kb'] / base['peak_kb']:.2f}x"] for r in results]
-    headers = ["method", "phase measured", "loss", "params in model", "trainable", "RSS before training MiB",
-               "peak RSS MiB", "peak - before MiB", f"peak vs {base['method']}"]
+    headers = ["method", "phase measured", "grafting draw", "loss", "params in model", "trainable",
+               "RSS before training MiB", "peak RSS MiB", "peak - before MiB", f"peak vs {base['method']}"]
     table = tabulate(rows, headers=headers, tablefmt="github")
     print(table)
     reset = all(r["peak_reset"] for r in results)
     body = "\n".join([
         section_header("Peak memory of a training step, per method", m),
         f"`{args.model}`, batch {args.batch} x {args.seq} random token ids, {args.steps} steps of each method's "
-        f"first phase through `harness.train.train` (the real loop: grafting draw, teacher forward for KD, "
-        f"student forward/backward, clip, AdamW, pruner) plus its phase-end evaluation on 8 examples; one fresh "
-        f"subprocess per method. `dense-ft` is the teacher's fine-tuning (every parameter, task loss). "
+        f"first phase (theseus-compact: Theseus's second phase) through `harness.train.train` (the real loop: "
+        f"grafting draw, teacher forward for KD, student forward/backward, clip, AdamW, pruner) plus its "
+        f"phase-end evaluation on 8 examples; one fresh subprocess per method. `dense-ft` is the teacher's "
+        f"fine-tuning (every parameter, task loss). Grafted recipes at their worst draw for memory: SPD and "
+        f"sparse-progressive with every student module in the path (p = 1), Theseus with its first successor "
+        f"drawn and the predecessors after it, so activations of 5 of the 6 layers are kept for the backward. "
         f"'RSS before training' is after imports, model load and the recipe's surgery; the peak is the "
         f"kernel's high-water mark (VmHWM{', reset after setup' if reset else ''}), so it includes the "
         f"activations kept for the backward pass, gradients and AdamW's two moments of the trainable set.",

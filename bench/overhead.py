@@ -141,7 +141,7 @@ def breakdown(r: dict) -> list[list]:
     accounted = r["steps_s"]
     for label, s in sorted(r["spent"].items(), key=lambda kv: -kv[1]):
         calls = r["calls"].get(label)
-        rows.append([label + (f" ({calls} calls)" if calls and calls > 1 else ""), f"{s:.1f}", f"{100 * s / wall:.1f}%"])
+        rows.append([label + (f" ({calls} calls)" if calls and calls > 1 else ""), f"{s:.2f}", f"{100 * s / wall:.1f}%"])
         accounted += s
     rows.append(["rest (loop bookkeeping, history, writes)", f"{wall - accounted:.1f}",
                  f"{100 * (wall - accounted) / wall:.1f}%"])

@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -64,7 +65,13 @@ def load_plugin_file(path: str | Path) -> None:
     _loaded_files.add(path)
     spec = importlib.util.spec_from_file_location(f"spd_bench_plugin_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        _loaded_files.discard(path)
+        raise
 
 
 def _load_all() -> None:

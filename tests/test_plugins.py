@@ -14,8 +14,9 @@ PLUGIN = REPO / "examples" / "oneshot_kd" / "oneshot_kd.py"
 
 @pytest.fixture
 def clean_registry(monkeypatch):
-    """A registry without the example, so each test proves its own discovery path."""
-    monkeypatch.setattr(registry, "METHODS", {})
+    """The built-in registry without the example, so each test proves its own discovery path."""
+    registry.all_methods()  # built-ins register on first import only: load them before the copy
+    monkeypatch.setattr(registry, "METHODS", {k: v for k, v in registry.METHODS.items() if k != "oneshot-kd"})
     monkeypatch.setattr(registry, "_loaded", False)
     monkeypatch.setattr(registry, "_loaded_files", set())
     monkeypatch.delenv(registry.PLUGIN_ENV, raising=False)

@@ -42,37 +42,35 @@ def test_unknown_model_lists_the_builtin_names(tmp_path, capsys):
     assert "/no/such/model" in line and "tiny" in line and "minilm" in line
 
 
-def test_missing_task_file_is_named(tmp_path, capsys):
+GOOD_RTE = "index\tsentence1\tsentence2\tlabel\n0\ta b\tc d\tentailment\n"
+
+
+def run_on_rte_files(tmp_path, train: str, dev: str | None) -> int:
+    """`spd-bench run` on a glue dir holding only the RTE files given (dev=None: no dev.tsv)."""
     glue = tmp_path / "glue"
     (glue / "RTE").mkdir(parents=True)
-    (glue / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta b\tc d\tentailment\n")
-    assert run_cli("run", "--task", "rte", "--model", "tiny", "--glue-dir", glue, "--out", tmp_path / "o",
-                   "--cache", tmp_path / "c") == 2
+    (glue / "RTE" / "train.tsv").write_text(train)
+    if dev is not None:
+        (glue / "RTE" / "dev.tsv").write_text(dev)
+    return run_cli("run", "--task", "rte", "--model", "tiny", "--glue-dir", glue, "--out", tmp_path / "o",
+                   "--cache", tmp_path / "c")
+
+
+def test_missing_task_file_is_named(tmp_path, capsys):
+    assert run_on_rte_files(tmp_path, GOOD_RTE, dev=None) == 2
     assert "dev.tsv" in one_error_line(capsys)
 
 
 def test_malformed_row_names_file_and_line(tmp_path, capsys):
-    glue = tmp_path / "glue"
-    (glue / "RTE").mkdir(parents=True)
-    good = "index\tsentence1\tsentence2\tlabel\n0\ta b\tc d\tentailment\n"
-    (glue / "RTE" / "train.tsv").write_text(good + "1\tonly two\n")
-    (glue / "RTE" / "dev.tsv").write_text(good)
-    assert run_cli("run", "--task", "rte", "--model", "tiny", "--glue-dir", glue, "--out", tmp_path / "o",
-                   "--cache", tmp_path / "c") == 2
-    line = one_error_line(capsys)
-    assert "train.tsv:3" in line
+    assert run_on_rte_files(tmp_path, GOOD_RTE + "1\tonly two\n", GOOD_RTE) == 2
+    assert "train.tsv:3" in one_error_line(capsys)
 
 
 def test_label_outside_the_label_set_is_named(tmp_path, capsys):
-    glue = tmp_path / "glue"
-    (glue / "RTE").mkdir(parents=True)
-    good = "index\tsentence1\tsentence2\tlabel\n0\ta b\tc d\tentailment\n"
-    (glue / "RTE" / "train.tsv").write_text(good + "1\te f\tg h\tmaybe\n")
-    (glue / "RTE" / "dev.tsv").write_text(good)
-    assert run_cli("run", "--task", "rte", "--model", "tiny", "--glue-dir", glue, "--out", tmp_path / "o",
-                   "--cache", tmp_path / "c") == 2
+    assert run_on_rte_files(tmp_path, GOOD_RTE + "1\te f\tg h\tmaybe\n", GOOD_RTE) == 2
     line = one_error_line(capsys)
     assert "maybe" in line and "not_entailment" in line
+    assert not (tmp_path / "o").exists()
 
 
 def test_nan_loss_stops_the_run_without_metrics(tmp_path, capsys):

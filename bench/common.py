@@ -33,12 +33,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HEADER = """# Performance
 
-Measured costs of the harness on a CPU machine, written by the scripts in `bench/` (each rewrites only its
-own section below; re-run one with `.venv/bin/python bench/<name>.py`, or `--quick` for a smoke check).
+Measured costs of the harness on a CPU machine, written by the scripts in `bench/`. Each script rewrites only
+its own section below (between its `<!-- bench:NAME -->` markers), so they can be re-run independently:
+`.venv/bin/python bench/<name>.py` (`--quick` is a smoke check that prints and writes nothing; `--no-docs`
+prints only).
 
-The machine these numbers come from is shared with other jobs, so absolute times move by tens of percent
-from run to run. Each comparison is therefore measured inside ONE process with the variants interleaved
-(A, B, A, B, ...), and the tables report medians and the ratio of medians; ratios are what to read.
+Every comparison is measured inside ONE process with the variants interleaved (A, B, B, A, ...), and the
+tables report medians and ratios of medians: on a shared machine ratios are what to read.
 """
 
 

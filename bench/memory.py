@@ -3,13 +3,14 @@ sparse-ft, theseus, on minilm at batch 32 x 128 tokens.
 
 One fresh subprocess per method, so peaks never mix. In it: the pre-trained model is loaded as the teacher,
 the method's recipe is built as the harness builds it (dense fine-tuning: the teacher's own recipe, every
-parameter trained on the task loss), and harness.train.train runs one of its phases (the first; Theseus also its
-compact phase) for 2 steps on random token ids (the first step allocates AdamW's state, the second is a steady step), then the phase-end
-evaluation on one small dev batch. Grafted recipes run at their worst draw for memory: SPD and
-Sparse + Progressive with every student module in the path (p = 1, stage 3), Theseus with its first successor
-drawn and the predecessors after it (activations of 5 layers are kept for the backward pass). Peak RSS comes from the kernel (/proc/self/status VmHWM, reset through
-/proc/self/clear_refs after setup when the kernel allows it; else getrusage's ru_maxrss): psutil is not
-installed, and tracemalloc does not see torch's allocations.
+parameter trained on the task loss), and harness.train.train runs one of its phases (the first; Theseus also
+its compact phase) for 2 steps on random token ids (the first step allocates AdamW's state, the second is a
+steady step), then the phase-end evaluation on one small dev batch. Grafted recipes run at their worst draw
+for memory: SPD and Sparse + Progressive with every student module in the path (p = 1, stage 3), Theseus with
+its first successor drawn and the predecessors after it (activations of 5 layers are kept for the backward).
+Peak RSS comes from the kernel (/proc/self/status VmHWM, reset through /proc/self/clear_refs after setup when
+the kernel allows it; else getrusage's ru_maxrss): psutil is not installed, and tracemalloc does not see
+torch's allocations.
 
     .venv/bin/python bench/memory.py [--quick]
 """

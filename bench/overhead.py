@@ -141,7 +141,8 @@ def breakdown(r: dict) -> list[list]:
     accounted = r["steps_s"]
     for label, s in sorted(r["spent"].items(), key=lambda kv: -kv[1]):
         calls = r["calls"].get(label)
-        rows.append([label + (f" ({calls} calls)" if calls and calls > 1 else ""), f"{s:.2f}", f"{100 * s / wall:.1f}%"])
+        name = label + (f" ({calls} calls)" if calls and calls > 1 else "")
+        rows.append([name, f"{s:.2f}", f"{100 * s / wall:.1f}%"])
         accounted += s
     rows.append(["rest (loop bookkeeping, history, writes)", f"{wall - accounted:.1f}",
                  f"{100 * (wall - accounted) / wall:.1f}%"])
@@ -215,7 +216,8 @@ def main(argv=None) -> int:
         f"({'built-in samples' if args.quick else 'real data from ../shared/glue'}), max_train_examples="
         f"{args.max_train_examples} (batch 32: {default['steps']} steps with prune/graft/finetune epochs 2/1/1), "
         f"train_eval_examples 256, eval batch 128, run with `harness.run.run_cell` in this process; the teacher "
-        f"(1 epoch) was fine-tuned beforehand in {teacher_s:.0f}s and is not part of the cell. Timers are "
+        f"(1 epoch) was fine-tuned beforehand in {teacher_s:.0f}s and is not part of the cell (as in a grid, it also "
+        f"left the tokenized splits in the cache the cell reads). Timers are "
         f"wrapped around the harness's functions from outside (data, teacher load, recipe build, evaluation, "
         f"checkpoint writes); the steps are the loop's own `step_seconds`, which include fetching and collating "
         f"each batch and the teacher's forward.",

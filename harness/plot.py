@@ -29,6 +29,7 @@ DPI = 100
 DEV_FIGSIZE = (7.0, 4.5)            # inches: 700 x 450 pixels at DPI
 GAP_PANEL = (4.0, 3.2)              # inches per subplot of the train-dev figure
 GAP_COLUMNS = 3
+LINESTYLES = ("-", "--", "-.", ":")
 # Stable colours: a method keeps its colour across every figure.
 METHOD_ORDER = ("spd", "sparse-kd", "sparse-progressive", "sparse-ft", "theseus", "dense")
 
@@ -49,6 +50,7 @@ class Curve:
     train_steps: list[int] = field(default_factory=list)
     train: list[float] = field(default_factory=list)
     stage_ends: list[int] = field(default_factory=list)
+    linestyle: str = "-"      # runs of one method (other sparsities, seeds) share its colour, not its line
 
 
 def _read_history(run_dir: Path) -> list[dict]:
@@ -171,7 +173,8 @@ def _dev_figure(title: str, metric: str, curves: list[Curve], colours) -> object
         if len(c.steps) == 1:   # no training: a reference line (the dense teacher)
             ax.axhline(c.dev[0], color=colour, linestyle="--", linewidth=1.2, label=f"{c.label} ({c.dev[0]:.1f})")
             continue
-        ax.plot(c.steps, c.dev, color=colour, linewidth=1.5, marker=".", markersize=4, label=c.label)
+        ax.plot(c.steps, c.dev, color=colour, linestyle=c.linestyle, linewidth=1.5, marker=".", markersize=4,
+                label=c.label)
         xs, ys = _stage_points(c)
         if xs:
             ax.plot(xs, ys, linestyle="none", marker="D", markersize=6, color=colour,
@@ -251,6 +254,10 @@ def plot_run_dirs(out: Path, dest: Path) -> list[Path]:
         curves = [c for r in runs if (c := _curve(r, labels[id(r)])) is not None]
         if not curves:
             continue
+        seen = defaultdict(int)
+        for c in curves:
+            c.linestyle = LINESTYLES[seen[c.method] % len(LINESTYLES)]
+            seen[c.method] += 1
         metric = _metric(runs[0])
         stem = f"{task}-{_slug(Path(model).name)}" if several_models else task
         where = f"{task.upper()}" + (f", {Path(model).name}" if several_models else "")

@@ -1,6 +1,6 @@
 """Epoch cost with dynamic padding (harness.data.make_loader's default) against padding every example to 128
-tokens (make_loader(..., pad_to=128): the official code's --pad_to_max_length), on the real CoLA and RTE
-train sets.
+tokens (make_loader(..., pad_to=128): the official code's --pad_to_max_length), on the real CoLA, STS-B, MRPC and
+RTE train sets (--tasks to choose).
 
 For each task both loaders are built with the same shuffle seed, so batch i holds the same examples in both
 and differs only in padding. Tokens per epoch are counted exactly over the whole epoch. The time is the
@@ -91,7 +91,7 @@ def measure(task_name: str, model_name: str, n_batches: int, source: str, tokeni
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="minilm")
-    ap.add_argument("--tasks", default="cola,rte")
+    ap.add_argument("--tasks", default="cola,stsb,mrpc,rte")
     ap.add_argument("--batches", type=int, default=30, help="batches timed per task and variant (default 30)")
     ap.add_argument("--quick", action="store_true", help="4 batches, no docs update")
     ap.add_argument("--no-docs", action="store_true")

@@ -28,8 +28,8 @@ GLUE_SIZES = {"mnli": (392702, 9815), "qqp": (363846, 40430), "qnli": (104743, 5
               "cola": (8551, 1043), "stsb": (5749, 1500), "mrpc": (3668, 408), "rte": (2490, 277),
               "wnli": (635, 71)}
 # Mean word pieces per example (bert-base-uncased tokenizer, [CLS]/[SEP] included, truncated at 128):
-# measured on ../shared/glue dev files by bench/token_lengths.py; MNLI and QQP estimated from their
-# published statistics (no local copy).
+# measured on the ../shared/glue dev files (the tokenizer over each file, mean length);
+# MNLI and QQP estimated from their published statistics (no local copy).
 MEAN_TOKENS = {"mnli": 39, "qqp": 30, "qnli": 51, "sst2": 25, "cola": 11, "stsb": 31, "mrpc": 53,
                "rte": 72, "wnli": 38}
 DYNAMIC_PADDING_FACTOR = 1.3
@@ -142,6 +142,6 @@ def plan_grid(grid: Grid, out: Path | None, tflops: float | None = None, gpu: st
              f"{states['pending']} pending), {len(teachers)} teachers",
              tabulate(rows, headers=["method", "sparsity", "cells", "FLOPs", "GPU-hours"]),
              f"total: {total + total_teachers:.3g} FLOPs = {hours(total + total_teachers):.1f} GPU-hours at "
-             f"{tflops:.0f} TFLOP/s sustained ({gpu if tflops == GPU_TFLOPS.get(gpu) else 'given'}); "
+             f"{tflops:.3g} TFLOP/s sustained ({gpu if tflops == GPU_TFLOPS.get(gpu) else 'given'}); "
              f"cost model in harness/cost.py"]
     return "\n".join(lines)

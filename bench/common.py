@@ -28,6 +28,8 @@ PERFORMANCE_MD = REPO / "docs" / "performance.md"
 SHARED_GLUE = REPO.parent / "shared" / "glue"
 PACKAGES = ("torch", "transformers", "datasets", "tokenizers", "numpy")
 
+from harness import store  # noqa: E402  (after the sys.path line above)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -100,9 +102,15 @@ def update_section(name: str, body: str, path: Path = PERFORMANCE_MD) -> None:
         text = pattern.sub(lambda _: block, text, count=1)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    store.write_text(path, text)
+
+
+def publish(name: str, body: str, args) -> None:
+    """Write the section to docs/performance.md unless the run was --quick or --no-docs."""
+    if args.quick or args.no_docs:
+        return
+    update_section(name, body)
+    print(f"\nwrote docs/performance.md (section {name})")
 
 
 def section_header(title: str, m: dict | None = None) -> str:

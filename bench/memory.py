@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, machine, section_header, update_section  # noqa: E402
+from bench.common import REPO, machine, section_header, publish  # noqa: E402
 
 # name -> (method, phase index, how the slots are drawn). Grafted recipes are measured at their worst draw:
 # every module that trains is in the path and everything after it keeps activations for the backward pass.
@@ -186,9 +186,7 @@ def main(argv=None) -> int:
         "",
         table,
     ])
-    if not (args.quick or args.no_docs):
-        update_section("memory", body)
-        print("\nwrote docs/performance.md (section memory)")
+    publish("memory", body, args)
     return 0
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import glue_dir, machine, section_header, update_section  # noqa: E402
+from bench.common import glue_dir, machine, section_header, publish  # noqa: E402
 
 from tabulate import tabulate  # noqa: E402
 from transformers import PreTrainedModel, PreTrainedTokenizerBase  # noqa: E402
@@ -236,9 +236,7 @@ def main(argv=None) -> int:
         "",
         proj,
     ])
-    if not (args.quick or args.no_docs):
-        update_section("overhead", body)
-        print("\nwrote docs/performance.md (section overhead)")
+    publish("overhead", body, args)
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import glue_dir, machine, median, section_header, update_section  # noqa: E402
+from bench.common import glue_dir, machine, median, section_header, publish  # noqa: E402
 
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
@@ -133,9 +133,7 @@ def main(argv=None) -> int:
         "extrapolation. The optimizer step is not included: it costs the same per step under both paddings "
         "(see the step_cost section for its size).",
     ])
-    if not (args.quick or args.no_docs):
-        update_section("padding", body)
-        print("\nwrote docs/performance.md (section padding)")
+    publish("padding", body, args)
     return 0
 
 

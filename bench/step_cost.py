@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import interleave, machine, median, section_header, spread, update_section  # noqa: E402
+from bench.common import interleave, machine, median, section_header, spread, publish  # noqa: E402
 
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
@@ -372,9 +372,7 @@ def main(argv=None) -> int:
         *method_block,
         *profiles,
     ])
-    if not (args.quick or args.no_docs):
-        update_section("step_cost", body)
-        print("\nwrote docs/performance.md (section step_cost)")
+    publish("step_cost", body, args)
     return 0
 
 

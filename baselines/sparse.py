@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from harness.recipe import BuildContext, Phase, Recipe, all_parameters
 from harness.registry import register_method
 from spd.method import SPDSettings, resolve, sparse_student_recipe, stage_steps
-from spd.pruning import MagnitudePruner, prunable_matrices
+from spd.pruning import MagnitudePruner, encoder_layers, prunable_matrices
 
 
 @register_method("sparse-kd", settings=SPDSettings, uses_teacher_for_loss=True,
@@ -47,8 +47,7 @@ def build_sparse_ft(settings: SparseFTSettings, ctx: BuildContext) -> Recipe:
                 ctx.task.name)
     t1, _, t3 = stage_steps(r, ctx)
     model = ctx.teacher
-    layers = {f"bert.encoder.layer.{i}": layer for i, layer in enumerate(model.bert.encoder.layer)}
-    pruner = MagnitudePruner(prunable_matrices(layers), ctx.sparsity, prune_steps=t1,
+    pruner = MagnitudePruner(prunable_matrices(encoder_layers(model)), ctx.sparsity, prune_steps=t1,
                              num_events=settings.num_prune_events)
     phases = [Phase("pruning", t1, settings.lr, all_parameters, settings.warmup_ratio),
               Phase("finetuning", t3 - t1, settings.lr, all_parameters, settings.warmup_ratio)]

@@ -22,6 +22,7 @@ from harness.models import TINY_CONFIG
 from harness.recipe import BuildContext
 from harness.registry import get_method, make_settings
 from harness.tasks import get_task
+from spd import grafting
 
 # Official GLUE split sizes (train, dev; MNLI dev = matched).
 GLUE_SIZES = {"mnli": (392702, 9815), "qqp": (363846, 40430), "qnli": (104743, 5463), "sst2": (67349, 872),
@@ -62,14 +63,20 @@ def _forward_flops_per_token(cfg: BertConfig, layers: float, seq: float) -> floa
     return 2 * layers * _layer_params(cfg) + 4 * layers * seq * cfg.hidden_size
 
 
+def _padded_length(cell_cfg, task) -> float:
+    """Tokens per example as the model computes them: the padded length, teacher and cells alike."""
+    if cell_cfg.pad_to_max_length:
+        return cell_cfg.max_seq_length
+    return min(cell_cfg.max_seq_length, MEAN_TOKENS.get(task.name, 64) * DYNAMIC_PADDING_FACTOR)
+
+
 def cell_flops(cell_cfg, sizes: tuple[int, int]) -> float:
     task = get_task(cell_cfg.task)
     method = get_method(cell_cfg.method)
     cfg = _config(cell_cfg.model, task.num_labels)
     train_n = min(sizes[0], cell_cfg.max_train_examples or sizes[0])
     dev_n = min(sizes[1], cell_cfg.max_eval_examples or sizes[1])
-    seq = (cell_cfg.max_seq_length if cell_cfg.pad_to_max_length
-           else min(cell_cfg.max_seq_length, MEAN_TOKENS.get(task.name, 64) * DYNAMIC_PADDING_FACTOR))
+    seq = _padded_length(cell_cfg, task)
     steps_per_epoch = max(1, train_n // cell_cfg.batch_size)
     with torch.device("meta"):
         teacher = BertForSequenceClassification(cfg)
@@ -82,7 +89,7 @@ def cell_flops(cell_cfg, sizes: tuple[int, int]) -> float:
     for phase in recipe.phases:
         if phase.before is not None:
             model = phase.before(model)
-        slots = [m for m in model.modules() if hasattr(m, "use_student")]
+        slots = grafting.slots(model)
         if slots:  # expected layers run: a student module for p, its teacher layer(s) for 1 - p
             ps = [recipe.grafting(step + i * phase.steps // 20) if recipe.grafting else 1.0 for i in range(20)]
             p = sum(ps) / len(ps)
@@ -103,7 +110,7 @@ def teacher_flops(cell_cfg, sizes) -> float:
     task = get_task(cell_cfg.task)
     cfg = _config(cell_cfg.model, task.num_labels)
     train_n = min(sizes[0], cell_cfg.max_train_examples or sizes[0])
-    seq = min(cell_cfg.max_seq_length, MEAN_TOKENS.get(task.name, 64) * DYNAMIC_PADDING_FACTOR)
+    seq = _padded_length(cell_cfg, task)
     return 3 * _forward_flops_per_token(cfg, cfg.num_hidden_layers, seq) * train_n * seq * cell_cfg.teacher_epochs
 
 

@@ -30,7 +30,7 @@ from harness.recipe import BuildContext, Phase, Recipe, all_parameters, epochs_t
 from harness.registry import coerce, get_method, make_settings
 from harness.tasks import Task, get_task
 from harness.train import LoopConfig, TrainResult, train
-from spd.pruning import prunable_matrices
+from spd.pruning import encoder_layers, matrix_report, prunable_matrices
 
 TEACHER_FORMAT = 1  # bump when a change makes cached teachers invalid
 datasets.disable_progress_bars()  # tokenizing a split takes a second; our own bars show a run's progress
@@ -173,11 +173,7 @@ def _train(recipe: Recipe, task: Task, td: TaskData, device, cfg: RunConfig, pro
 
 
 def sparsity_report(model) -> dict:
-    layers = {f"bert.encoder.layer.{i}": layer for i, layer in enumerate(model.bert.encoder.layer)}
-    report = {}
-    for name, w in prunable_matrices(layers).items():
-        zeros = int((w == 0).sum())
-        report[name] = {"zeros": zeros, "numel": w.numel(), "sparsity": zeros / w.numel()}
+    report = matrix_report(prunable_matrices(encoder_layers(model)))
     zeros = sum(r["zeros"] for r in report.values())
     numel = sum(r["numel"] for r in report.values())
     return {"overall": zeros / numel, "matrices": report}

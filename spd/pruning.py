@@ -25,6 +25,20 @@ def prunable_matrices(layers: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
     return found
 
 
+def encoder_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """{name: layer} of a plain BERT encoder's layers, as prunable_matrices takes them."""
+    return {f"bert.encoder.layer.{i}": layer for i, layer in enumerate(model.bert.encoder.layer)}
+
+
+def matrix_report(weights: dict[str, nn.Parameter]) -> dict[str, dict]:
+    """Per-matrix zeros, size and sparsity as they are in the weights now."""
+    out = {}
+    for name, weight in weights.items():
+        zeros = int((weight == 0).sum())
+        out[name] = {"zeros": zeros, "numel": weight.numel(), "sparsity": zeros / weight.numel()}
+    return out
+
+
 def cubic_sparsity(event: int, num_events: int, final: float, initial: float = 0.0) -> float:
     """Sparsity after pruning event `event` (1-based) of `num_events`."""
     if not 0 <= event <= num_events:
@@ -90,9 +104,4 @@ class MagnitudePruner:
             self.prune_to(self.final_sparsity)
 
     def report(self) -> dict[str, dict]:
-        """Per-matrix zeros, size and sparsity as they are in the weights now."""
-        out = {}
-        for name, weight in self.weights.items():
-            zeros = int((weight == 0).sum())
-            out[name] = {"zeros": zeros, "numel": weight.numel(), "sparsity": zeros / weight.numel()}
-        return out
+        return matrix_report(self.weights)

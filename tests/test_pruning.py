@@ -1,12 +1,8 @@
 import pytest
 import torch
 
-from spd.pruning import (PRUNED_MATRICES, MagnitudePruner, cubic_sparsity, event_steps,
+from spd.pruning import (PRUNED_MATRICES, MagnitudePruner, cubic_sparsity, encoder_layers, event_steps,
                          prunable_matrices)
-
-
-def layers_of(model):
-    return {f"bert.encoder.layer.{i}": l for i, l in enumerate(model.bert.encoder.layer)}
 
 
 def test_cubic_formula_at_every_event():
@@ -28,7 +24,7 @@ def test_event_steps_even_and_last_at_stage_end():
 
 
 def test_pruner_follows_schedule_and_hits_exact_counts(bert):
-    weights = prunable_matrices(layers_of(bert))
+    weights = prunable_matrices(encoder_layers(bert))
     assert len(weights) == 6 * 4
     pruner = MagnitudePruner(weights, 0.9, prune_steps=24, num_events=12)
     seen = {}
@@ -44,7 +40,7 @@ def test_pruner_follows_schedule_and_hits_exact_counts(bert):
 
 
 def test_pruned_weights_are_the_smallest_and_stay_zero_through_optimizer_steps(bert):
-    weights = prunable_matrices(layers_of(bert))
+    weights = prunable_matrices(encoder_layers(bert))
     before = {n: w.detach().abs().clone() for n, w in weights.items()}
     pruner = MagnitudePruner(weights, 0.5, prune_steps=1, num_events=1)
     pruner.step(1)
@@ -67,7 +63,7 @@ def test_pruned_weights_are_the_smallest_and_stay_zero_through_optimizer_steps(b
 
 
 def test_only_the_six_weight_matrices_are_pruned(bert):
-    weights = prunable_matrices(layers_of(bert))
+    weights = prunable_matrices(encoder_layers(bert))
     names = set(weights)
     assert all(n.endswith(".weight") for n in names)
     assert all(any(f".{m}.weight" in n for m in PRUNED_MATRICES) for n in names)
@@ -85,4 +81,4 @@ def test_only_the_six_weight_matrices_are_pruned(bert):
 
 def test_sparsity_outside_range_rejected(bert):
     with pytest.raises(ValueError):
-        MagnitudePruner(prunable_matrices(layers_of(bert)), 1.0, prune_steps=1)
+        MagnitudePruner(prunable_matrices(encoder_layers(bert)), 1.0, prune_steps=1)

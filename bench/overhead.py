@@ -128,11 +128,12 @@ def phase_lengths(cfg_json: dict) -> list[int]:
 
 
 def n_evaluations(phase_steps: list[int], eval_steps: int = 0) -> int:
-    """How many evaluations harness/train.py makes: every eval_steps (0: ceil(total / 20)) except at the last
-    step, plus one at the end of every phase."""
+    """How many evaluations harness/train.py makes: every eval_steps (0: ceil(total / 20)) except at a phase's
+    last step, plus one at the end of every phase."""
     total = sum(phase_steps)
     every = eval_steps or max(1, -(-total // 20))
-    return sum(1 for s in range(1, total) if s % every == 0) + len(phase_steps)
+    ends = {sum(phase_steps[:i + 1]) for i in range(len(phase_steps))}
+    return sum(1 for s in range(1, total + 1) if s % every == 0 and s not in ends) + len(phase_steps)
 
 
 def breakdown(r: dict) -> list[list]:

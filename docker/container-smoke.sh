@@ -71,8 +71,11 @@ fi
 log "podman build -f docker/Dockerfile -t ${IMAGE} (BASE_IMAGE=${base_image})"
 build_started=${SECONDS}
 # --format docker: the OCI format drops SHELL (buildah warns and ignores it).
+# GIT_SHA: the image has no .git, so the source commit reaches every run's manifest.json through
+# SPD_BENCH_GIT_SHA (checked after the smoke grid). Empty outside a git checkout.
+git_sha="$(git rev-parse --verify HEAD 2>/dev/null || true)"
 podman build --format docker --layers \
-    --build-arg "BASE_IMAGE=${base_image}" \
+    --build-arg "BASE_IMAGE=${base_image}" --build-arg "GIT_SHA=${git_sha}" \
     "${ca_mount[@]}" \
     -f docker/Dockerfile -t "${IMAGE}" . </dev/null >"${BUILD_DIR}/image-build.log" 2>&1 \
     || { tail -n 30 "${BUILD_DIR}/image-build.log" >&2
@@ -185,6 +188,12 @@ else
         fail "spd-bench run ${CONFIG} failed in the container; see ${BUILD_DIR}/smoke-run.log"
     fi
     log "smoke grid took $((SECONDS - grid_started)) s"
+    manifest="$(find "${RESULTS}/smoke/cells" -name manifest.json 2>/dev/null | head -n1)"
+    if [ -z "${manifest}" ]; then
+        fail "the smoke grid left no cells/*/manifest.json under ${RESULTS}/smoke"
+    elif [ -n "${git_sha}" ] && ! grep -q "\"git_sha\": \"${git_sha}\"" "${manifest}"; then
+        fail "${manifest} does not record the source commit ${git_sha} (GIT_SHA build argument)"
+    fi
     for n in 1 2 3; do
         table="${RESULTS}/table${n}.md"
         if ! out="$(run_in table "${n}" /results/smoke --out "/results/table${n}.md" 2>&1)"; then

@@ -13,6 +13,7 @@ every cell directory is renamed into place only when complete. One runner per ou
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
 import traceback
@@ -87,10 +88,10 @@ def execute_cell(cfg: RunConfig, out: str, progress: bool = False) -> dict:
         return {"id": cell.cell_id, "status": "failed", "error": f"{type(err).__name__}: {err}"}
 
 
-def execute_teacher(cfg: RunConfig, out: str) -> str | None:
+def execute_teacher(cfg: RunConfig, out: str, progress: bool = False) -> str | None:
     """Train (or find) the teacher a cell needs. Returns an error string, or None."""
     try:
-        prepare_teacher(cfg, Path(out) / "cache", progress=False)
+        prepare_teacher(cfg, Path(out) / "cache", progress=progress)
         return None
     except Exception as err:  # noqa: BLE001 — its cells fail with this message
         return f"{type(err).__name__}: {err}"
@@ -131,8 +132,10 @@ def run_local(todo: list[Cell], out: Path, progress: bool) -> None:
         return
     teacher_errors = {}
     from harness.run import teacher_identity
+    # one process: the outer bar counts teachers/cells, the loop's own bar (leave=False) shows the steps of
+    # the one training now, which on a CPU can take most of an hour
     for cfg in tqdm(_teacher_jobs(todo), desc="teachers", disable=not progress):
-        teacher_errors[teacher_identity(cfg)] = execute_teacher(cfg, str(out))
+        teacher_errors[teacher_identity(cfg)] = execute_teacher(cfg, str(out), progress=progress)
     bar = tqdm(todo, desc="cells", disable=not progress)
     for cell in bar:
         bar.set_postfix_str(cell.cell_id, refresh=False)
@@ -140,7 +143,7 @@ def run_local(todo: list[Cell], out: Path, progress: bool) -> None:
         if error:
             store.write_json(failed_file(out, cell), {"id": cell.cell_id, "error": f"teacher failed: {error}"})
             continue
-        result = execute_cell(cell.cfg, str(out))
+        result = execute_cell(cell.cfg, str(out), progress=progress)
         if result["status"] == "failed":
             tqdm.write(f"FAILED {cell.cell_id}: {result['error']}", file=sys.stderr)
 
@@ -217,6 +220,27 @@ def run_grid_command(args) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cell_summary(run_dir: Path) -> dict:
+    """A finished cell at a glance: final and best dev score, the last train-subset score and its gap to dev
+    (the paper's Figure 5 in one number), and wall time. Missing pieces (a run without train evaluation,
+    an older manifest) are None."""
+    metrics = store.read_json(run_dir / "metrics.json")
+    train = None
+    history = run_dir / "history.jsonl"
+    if history.exists():
+        for line in history.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("train") and entry["step"] == metrics["final"]["step"]:
+                train = entry["train"]["score"]
+    final = metrics["final"]["dev"]["score"]
+    try:
+        seconds = store.read_json(run_dir / "manifest.json").get("seconds")
+    except (OSError, ValueError):
+        seconds = None
+    return {"final": final, "best": metrics["best"]["dev"]["score"], "best_step": metrics["best"]["step"],
+            "train": train, "gap": None if train is None else train - final, "seconds": seconds}
+
+
 def cmd_status(args) -> int:
     from tabulate import tabulate
     out = Path(args.out_dir)
@@ -225,13 +249,18 @@ def cmd_status(args) -> int:
     for cell in cells:
         state = cell_state(out, cell)
         counts[state] += 1
-        detail = ""
+        detail = [""] * 6
         if state == "done":
-            detail = f"{store.read_json(cell_dir(out, cell) / 'metrics.json')['final']['dev']['score']:.2f}"
+            s = cell_summary(cell_dir(out, cell))
+            detail = [f"{s['final']:.2f}", f"{s['best']:.2f} @ {s['best_step']}",
+                      "" if s["train"] is None else f"{s['train']:.2f}",
+                      "" if s["gap"] is None else f"{s['gap']:+.2f}",
+                      "" if s["seconds"] is None else f"{s['seconds'] / 60:.1f}", ""]
         elif state == "failed":
-            detail = store.read_json(failed_file(out, cell)).get("error", "")[:100]
-        rows.append([cell.cfg.task, cell.cfg.method, f"{cell.cfg.sparsity:g}", cell.cfg.seed, state, detail])
-    print(tabulate(rows, headers=["task", "method", "sparsity", "seed", "state", "score / error"]))
+            detail[-1] = store.read_json(failed_file(out, cell)).get("error", "")[:100]
+        rows.append([cell.cfg.task, cell.cfg.method, f"{cell.cfg.sparsity:g}", cell.cfg.seed, state, *detail])
+    print(tabulate(rows, headers=["task", "method", "sparsity", "seed", "state", "dev (final)", "dev (best @ step)",
+                                  "train", "train-dev", "minutes", "error"], disable_numparse=True))
     print(f"{meta['name']}: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending "
           f"of {len(cells)}")
     return 0

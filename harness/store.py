@@ -77,6 +77,17 @@ def git_sha() -> str | None:
     return os.environ.get("SPD_BENCH_GIT_SHA") or None
 
 
+def git_dirty(cwd: Path | None = None) -> bool | None:
+    """Whether tracked files differ from that commit (a result from an edited config or source is not the
+    commit's result); None where it cannot be known (no git, or the Docker image, which has no .git)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                             cwd=cwd or Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def package_versions() -> dict[str, str]:
     found = {}
     for name in TRACKED_PACKAGES:
@@ -98,6 +109,7 @@ def _iso(timestamp: float) -> str:
 
 
 def manifest(device: torch.device, seed: int, started: float, finished: float, **extra) -> dict:
-    return {"git_sha": git_sha(), "started_at": _iso(started), "finished_at": _iso(finished), "packages": package_versions(), "python": platform.python_version(),
+    return {"git_sha": git_sha(), "git_dirty": git_dirty(), "started_at": _iso(started),
+            "finished_at": _iso(finished), "packages": package_versions(), "python": platform.python_version(),
             "host": socket.gethostname(), "device": device_description(device), "seed": seed,
             "started": started, "finished": finished, "seconds": round(finished - started, 3), **extra}

@@ -154,7 +154,7 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[], object], d
         scheduler = get_linear_schedule_with_warmup(
             optimizer, round(phase.warmup_ratio * phase.steps), max(1, phase.steps))
         model.train()
-        for _ in range(phase.steps):
+        for i in range(phase.steps):
             t0 = time.perf_counter()
             batch = to_device(next(batches), device)
             labels = batch.pop("labels")
@@ -199,7 +199,7 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[], object], d
             step_time += time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", p=f"{p:.2f}", refresh=False)
-            if step % eval_every == 0 and step != total:
+            if step % eval_every == 0 and i != phase.steps - 1:   # a phase's last step: evaluated just below
                 run_eval(phase.name, {"loss": loss.item(), **parts, "p": p, "lr": scheduler.get_last_lr()[0],
                                       "sparsity": recipe.pruner.current_sparsity if recipe.pruner else 0.0})
         last = run_eval(phase.name, {"p": recipe.grafting(step) if recipe.grafting else 1.0,

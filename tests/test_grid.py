@@ -13,7 +13,7 @@ import yaml
 from filelock import FileLock
 
 from harness.errors import UserError
-from harness.grid import cell_dir, cell_state, is_complete, run_grid
+from harness.grid import cell_dir, cell_state, cell_summary, is_complete, run_grid
 from harness.gridconfig import load_grid
 from tests.conftest import REPO
 from tests.helpers import run_cli
@@ -123,7 +123,29 @@ def test_failed_cell_is_recorded_and_the_others_go_on(tmp_path, capsys):
     assert run_cli("status", out) == 0
     status = capsys.readouterr().out
     assert "failed" in status and "RuntimeError: boom" in status and "1 done, 1 failed" in status
+    done_row = next(line for line in status.splitlines() if line.startswith("rte") and " done " in line)
+    assert "@" in done_row     # final and best dev score of the finished cell
     assert "failed" in (out / "table1.md").read_text()
+
+
+def test_cell_summary_takes_the_train_score_of_the_final_evaluation(tmp_path):
+    # the train-dev gap that `status` prints (and docs/results quote) must pair the FINAL dev score with the
+    # train-subset score of that same evaluation, not with whichever train score came last or was best
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"final": {"dev": {"score": 70.0}, "step": 20},
+                                                  "best": {"dev": {"score": 75.0}, "step": 10}}))
+    (run / "history.jsonl").write_text("\n".join(json.dumps(e) for e in [
+        {"step": 10, "dev": {"score": 75.0}, "train": {"score": 80.0}},
+        {"step": 20, "dev": {"score": 70.0}, "train": {"score": 90.0}},
+        {"step": 20, "dev": {"score": 70.0}}]) + "\n")
+    (run / "manifest.json").write_text(json.dumps({"seconds": 90.0}))
+    assert cell_summary(run) == {"final": 70.0, "best": 75.0, "best_step": 10, "train": 90.0, "gap": 20.0,
+                                 "seconds": 90.0}
+    (run / "history.jsonl").write_text(json.dumps({"step": 20, "dev": {"score": 70.0}}) + "\n")
+    (run / "manifest.json").unlink()
+    summary = cell_summary(run)
+    assert summary["train"] is None and summary["gap"] is None and summary["seconds"] is None
 
 
 def test_two_runners_do_not_share_an_output_directory(tmp_path):

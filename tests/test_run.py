@@ -71,3 +71,28 @@ def test_pad_to_max_length_is_the_official_padding(tmp_path, shared_cache):
                                                                           "max_seq_length=40"]) == 0
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["pad_to_max_length"] is True and cfg["max_seq_length"] == 40
+
+
+def test_each_evaluation_is_made_once_even_where_eval_steps_meets_a_phase_end(tmp_path, shared_cache):
+    # SPD's phases here: pruning 4 steps, then grafting + fine-tuning 8. With eval_steps 4 the step-4 and
+    # step-12 evaluations fall on phase ends: each must happen once (an evaluation is the cost of ~4 steps)
+    assert fast_run("spd", "rte", tmp_path / "r", shared_cache, extra=["eval_steps=4"]) == 0
+    steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
+    assert steps == [4, 8, 12]
+
+
+def test_manifest_says_whether_the_checkout_was_edited(tmp_path):
+    # a result made from an edited config/source is not that commit's result: git_dirty tells them apart
+    import subprocess
+
+    from harness.store import git_dirty
+    assert git_dirty(tmp_path) is None                     # not a git checkout: unknown, not "clean"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "grid.yaml").write_text("seeds: [1]\n")
+    subprocess.run([*git, "add", "grid.yaml"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
+    assert git_dirty(tmp_path) is False
+    (tmp_path / "grid.yaml").write_text("seeds: [1, 2]\n")
+    assert git_dirty(tmp_path) is True

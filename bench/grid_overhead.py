@@ -10,7 +10,6 @@ figure is the one a user of that grid actually paid. Nothing is re-run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tabulate import tabulate  # noqa: E402
 
 from harness import store  # noqa: E402
 from harness.grid import cell_dir, is_complete, load_out_grid  # noqa: E402
+from harness.results import read_history  # noqa: E402
 
 TARGET = 0.10
 
@@ -37,8 +37,7 @@ def cell_costs(out: Path) -> list[dict]:
         man = store.read_json(run / "manifest.json")
         if not man.get("step_seconds"):
             continue
-        # a step evaluated twice (a phase end that is also an eval_steps multiple) is one evaluation
-        evals = len({json.loads(line)["step"] for line in (run / "history.jsonl").read_text().splitlines()})
+        evals = len(read_history(run))
         rows.append({"task": cell.cfg.task, "method": cell.cfg.method, "wall": man["seconds"],
                      "steps": man["step_seconds"], "loop": man["train_seconds"], "evals": evals,
                      "host": man.get("host"), "device": man.get("device"), "packages": man.get("packages")})
@@ -47,6 +46,17 @@ def cell_costs(out: Path) -> list[dict]:
 
 def share(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def totals(rows: list[dict]) -> tuple[float, float, float]:
+    """Summed seconds: wall, training steps, training loop (steps + evaluation)."""
+    return tuple(sum(r[k] for r in rows) for k in ("wall", "steps", "loop"))
+
+
+def cost_row(method: str, task: str, rows: list[dict], evals="") -> list:
+    wall, steps, loop = totals(rows)
+    return [method, task, f"{wall / 60:.1f}", f"{steps / 60:.1f}", evals,
+            share(loop - steps, wall), share(wall - loop, wall), share(wall - steps, wall)]
 
 
 def main(argv=None) -> int:
@@ -59,23 +69,12 @@ def main(argv=None) -> int:
     rows = cell_costs(args.out)
     if not rows:
         raise SystemExit(f"{args.out}: no finished training cells")
-    table, by_method = [], {}
-    for r in sorted(rows, key=lambda r: (r["method"], r["task"])):
-        over, evaluation = r["wall"] - r["steps"], r["loop"] - r["steps"]
-        table.append([r["method"], r["task"], f"{r['wall'] / 60:.1f}", f"{r['steps'] / 60:.1f}", r["evals"],
-                      share(evaluation, r["wall"]), share(over - evaluation, r["wall"]), share(over, r["wall"])])
-        agg = by_method.setdefault(r["method"], [0.0, 0.0, 0.0])
-        agg[0] += r["wall"]
-        agg[1] += r["steps"]
-        agg[2] += r["loop"]
-    wall = sum(r["wall"] for r in rows)
-    steps = sum(r["steps"] for r in rows)
-    loop = sum(r["loop"] for r in rows)
-    for method, (w, s, lp) in sorted(by_method.items()):
-        table.append([f"**{method}**", "all", f"{w / 60:.1f}", f"{s / 60:.1f}", "",
-                      share(lp - s, w), share(w - lp, w), share(w - s, w)])
-    table.append(["**all**", "all", f"{wall / 60:.1f}", f"{steps / 60:.1f}", "",
-                  share(loop - steps, wall), share(wall - loop, wall), share(wall - steps, wall)])
+    table = [cost_row(r["method"], r["task"], [r], r["evals"])
+             for r in sorted(rows, key=lambda r: (r["method"], r["task"]))]
+    for method in sorted({r["method"] for r in rows}):
+        table.append(cost_row(f"**{method}**", "all", [r for r in rows if r["method"] == method]))
+    table.append(cost_row("**all**", "all", rows))
+    wall, steps, loop = totals(rows)
     text = tabulate(table, headers=["method", "task", "wall min", "steps min", "evaluations",
                                     "evaluation", "other (data, build, save)", "overhead (wall - steps) / wall"],
                     tablefmt="github", disable_numparse=True)

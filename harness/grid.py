@@ -13,7 +13,6 @@ every cell directory is renamed into place only when complete. One runner per ou
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sys
 import traceback
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 from harness import store
 from harness.errors import UserError
 from harness.gridconfig import Cell, Grid, load_grid
+from harness.results import read_history
 from harness.run import RunConfig, prepare_teacher, run_cell
 
 REQUIRED_METRICS = ("task", "method", "final", "best", "teacher", "params", "achieved_sparsity")
@@ -225,13 +225,8 @@ def cell_summary(run_dir: Path) -> dict:
     (the paper's Figure 5 in one number), and wall time. Missing pieces (a run without train evaluation,
     an older manifest) are None."""
     metrics = store.read_json(run_dir / "metrics.json")
-    train = None
-    history = run_dir / "history.jsonl"
-    if history.exists():
-        for line in history.read_text().splitlines():
-            entry = json.loads(line)
-            if entry.get("train") and entry["step"] == metrics["final"]["step"]:
-                train = entry["train"]["score"]
+    last = next((e for e in read_history(run_dir) if e["step"] == metrics["final"]["step"]), {})
+    train = last["train"]["score"] if last.get("train") else None
     final = metrics["final"]["dev"]["score"]
     try:
         seconds = store.read_json(run_dir / "manifest.json").get("seconds")

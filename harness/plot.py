@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.results import Result, load_results
+from harness.results import Result, load_results, read_history
 
 DPI = 100
 DEV_FIGSIZE = (7.0, 4.5)            # inches: 700 x 450 pixels at DPI
@@ -53,25 +53,6 @@ class Curve:
     linestyle: str = "-"      # runs of one method (other sparsities, seeds) share its colour, not its line
 
 
-def _read_history(run_dir: Path) -> list[dict]:
-    """History entries in step order; when a step was evaluated twice (end of a phase) the last one wins."""
-    by_step: dict[int, dict] = {}
-    try:
-        with open(run_dir / "history.jsonl") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    entry = json.loads(line)
-                    by_step[int(entry["step"])] = entry
-                except (ValueError, KeyError, TypeError):
-                    continue
-    except OSError:
-        return []
-    return [by_step[s] for s in sorted(by_step)]
-
-
 def _stage_ends(run_dir: Path) -> list[int]:
     try:
         with open(run_dir / "config.json") as f:
@@ -88,7 +69,7 @@ def _score(d) -> float | None:
 
 
 def _curve(result: Result, label: str) -> Curve | None:
-    history = _read_history(result.run_dir)
+    history = read_history(result.run_dir)
     steps, dev, train_steps, train = [], [], [], []
     for entry in history:
         d = _score(entry.get("dev"))

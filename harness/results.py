@@ -32,6 +32,26 @@ class Result:
         return preds, labels
 
 
+def read_history(run_dir: Path) -> list[dict]:
+    """A run's evaluations (history.jsonl) in step order; a step evaluated twice (runs made before the loop
+    stopped evaluating a phase end twice) counts once, the last entry winning; unreadable lines are skipped."""
+    by_step: dict[int, dict] = {}
+    try:
+        with open(run_dir / "history.jsonl") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                    by_step[int(entry["step"])] = entry
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except OSError:
+        return []
+    return [by_step[s] for s in sorted(by_step)]
+
+
 def load_results(out: Path) -> list[Result]:
     """Every complete run directory under `out` (a corrupt metrics.json is skipped, never counted)."""
     results = []

@@ -130,15 +130,17 @@ def test_failed_cell_is_recorded_and_the_others_go_on(tmp_path, capsys):
 
 def test_cell_summary_takes_the_train_score_of_the_final_evaluation(tmp_path):
     # the train-dev gap that `status` prints (and docs/results quote) must pair the FINAL dev score with the
-    # train-subset score of that same evaluation, not with whichever train score came last or was best
+    # train-subset score of that same evaluation, not with the best train score or the best dev step's. Runs
+    # made before the loop stopped evaluating phase ends twice hold the final step twice: the last entry is
+    # the phase-end evaluation that metrics.json's final score comes from.
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"final": {"dev": {"score": 70.0}, "step": 20},
                                                   "best": {"dev": {"score": 75.0}, "step": 10}}))
     (run / "history.jsonl").write_text("\n".join(json.dumps(e) for e in [
-        {"step": 10, "dev": {"score": 75.0}, "train": {"score": 80.0}},
-        {"step": 20, "dev": {"score": 70.0}, "train": {"score": 90.0}},
-        {"step": 20, "dev": {"score": 70.0}}]) + "\n")
+        {"step": 10, "dev": {"score": 75.0}, "train": {"score": 95.0}},
+        {"step": 20, "dev": {"score": 70.0}, "train": {"score": 85.0}},
+        {"step": 20, "dev": {"score": 70.0}, "train": {"score": 90.0}}]) + "\n")
     (run / "manifest.json").write_text(json.dumps({"seconds": 90.0}))
     assert cell_summary(run) == {"final": 70.0, "best": 75.0, "best_step": 10, "train": 90.0, "gap": 20.0,
                                  "seconds": 90.0}

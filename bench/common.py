@@ -10,6 +10,7 @@ so the scripts can be re-run independently and in any order.
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -105,9 +106,24 @@ def update_section(name: str, body: str, path: Path = PERFORMANCE_MD) -> None:
     store.write_text(path, text)
 
 
+def bench_parser(doc: str, quick: str | None = None, batch_shape: bool = False) -> argparse.ArgumentParser:
+    """The options every bench script shares: --no-docs, --quick (when the script has a smoke mode: `quick`
+    says what it does) and, with batch_shape, the model/task/batch/sequence of the measured step."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if batch_shape:
+        ap.add_argument("--model", default="minilm")
+        ap.add_argument("--task", default="rte")
+        ap.add_argument("--batch", type=int, default=32)
+        ap.add_argument("--seq", type=int, default=128)
+    if quick:
+        ap.add_argument("--quick", action="store_true", help=quick)
+    ap.add_argument("--no-docs", action="store_true", help="print only; leave docs/performance.md alone")
+    return ap
+
+
 def publish(name: str, body: str, args) -> None:
     """Write the section to docs/performance.md unless the run was --quick or --no-docs."""
-    if args.quick or args.no_docs:
+    if getattr(args, "quick", False) or args.no_docs:
         return
     update_section(name, body)
     print(f"\nwrote docs/performance.md (section {name})")

@@ -9,13 +9,12 @@ figure is the one a user of that grid actually paid. Nothing is re-run.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import command_line, publish  # noqa: E402
+from bench.common import bench_parser, command_line, publish  # noqa: E402
 
 from tabulate import tabulate  # noqa: E402
 
@@ -60,11 +59,9 @@ def cost_row(method: str, task: str, rows: list[dict], evals="") -> list:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args(argv)
-    args.quick = False
     meta, _ = load_out_grid(args.out)
     rows = cell_costs(args.out)
     if not rows:

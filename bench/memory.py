@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, machine, section_header, publish  # noqa: E402
+from bench.common import REPO, bench_parser, machine, section_header, publish  # noqa: E402
 
 # name -> (method, phase index, how the slots are drawn). Grafted recipes are measured at their worst draw:
 # every module that trains is in the path and everything after it keeps activations for the backward pass.
@@ -128,15 +128,9 @@ def child(variant: str, model_name: str, task_name: str, batch: int, seq: int, s
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="minilm")
-    ap.add_argument("--task", default="rte")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seq", type=int, default=128)
+    ap = bench_parser(__doc__, quick="the tiny model, batch 8 x 64, no docs update", batch_shape=True)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--methods", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
-    ap.add_argument("--quick", action="store_true", help="the tiny model, batch 8 x 64, no docs update")
-    ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:

@@ -13,7 +13,6 @@ second time with eval_steps so large that only the end of each phase evaluates, 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import glue_dir, machine, section_header, publish  # noqa: E402
+from bench.common import bench_parser, glue_dir, machine, section_header, publish  # noqa: E402
 
 from tabulate import tabulate  # noqa: E402
 from transformers import PreTrainedModel, PreTrainedTokenizerBase  # noqa: E402
@@ -152,13 +151,11 @@ def breakdown(r: dict) -> list[list]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, quick="tiny model on the built-in samples, no docs update")
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--task", default="rte")
     ap.add_argument("--method", default="spd")
     ap.add_argument("--max-train-examples", type=int, default=256)
-    ap.add_argument("--quick", action="store_true", help="tiny model on the built-in samples, no docs update")
-    ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args(argv)
     m = machine()
     source = "samples" if args.quick else str(glue_dir())

@@ -14,14 +14,13 @@ left out: it costs the same per step whatever the padding, and both epochs have 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import glue_dir, machine, median, section_header, publish  # noqa: E402
+from bench.common import bench_parser, glue_dir, machine, median, section_header, publish  # noqa: E402
 
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
@@ -89,12 +88,10 @@ def measure(task_name: str, model_name: str, n_batches: int, source: str, tokeni
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, quick="4 batches, no docs update")
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--tasks", default="cola,stsb,mrpc,rte")
     ap.add_argument("--batches", type=int, default=30, help="batches timed per task and variant (default 30)")
-    ap.add_argument("--quick", action="store_true", help="4 batches, no docs update")
-    ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
         args.batches = 4

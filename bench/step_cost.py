@@ -18,7 +18,6 @@ embeddings, pooler and classifier are frozen) is about 4/3.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import interleave, machine, median, section_header, spread, publish  # noqa: E402
+from bench.common import bench_parser, interleave, machine, median, section_header, spread, publish  # noqa: E402
 
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
@@ -271,18 +270,12 @@ def method_steps(pretrained, task, batch, steps: int, rounds: int) -> list[list]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="minilm")
-    ap.add_argument("--task", default="rte")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seq", type=int, default=128)
+    ap = bench_parser(__doc__, quick="3 steps of each, 1 warm-up, no docs update", batch_shape=True)
     ap.add_argument("--reps", type=int, default=10, help="interleaved steps of each variant (default 10)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", default=str(torch.get_num_threads()),
                     help="comma-separated torch thread counts to measure at (default: torch's, %(default)s)")
-    ap.add_argument("--quick", action="store_true", help="3 steps of each, 1 warm-up, no docs update")
     ap.add_argument("--profile", action="store_true", help="also profile one step of each (always when > 1.35x)")
-    ap.add_argument("--no-docs", action="store_true", help="print only; leave docs/performance.md alone")
     ap.add_argument("--method-steps", type=int, default=4,
                     help="steps per method in the every-method table (0: skip it; default 4)")
     args = ap.parse_args(argv)

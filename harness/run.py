@@ -57,6 +57,9 @@ class RunConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     device: str | None = None
+    # 'auto': bf16 autocast + TF32 on CUDA, fp32 on the CPU (a method preset may ask for fp32: official-code);
+    # 'bf16' or 'fp32' force it. Evaluation logits are fp32 whatever this says (docs/gpu.md).
+    precision: str = "auto"
     settings: dict = field(default_factory=dict)   # method-specific settings
 
     def validate(self) -> tuple[Task, object, object]:

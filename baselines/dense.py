@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from harness.recipe import BuildContext, Recipe
 from harness.registry import register_method
+from spd.distill import TaskLoss
 
 
 @dataclass
@@ -15,4 +16,4 @@ class DenseSettings:
 @register_method("dense", settings=DenseSettings, prunes=False,
                  description="the fine-tuned dense teacher, unchanged (Table 1's teacher row)")
 def build_dense(settings: DenseSettings, ctx: BuildContext) -> Recipe:
-    return Recipe(model=ctx.teacher, phases=[], loss="task")
+    return Recipe(model=ctx.teacher, phases=[], loss=TaskLoss(ctx.task.is_regression))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from harness.recipe import BuildContext, Phase, Recipe, all_parameters
 from harness.registry import register_method
+from spd.distill import TaskLoss
 from spd.method import SPDSettings, resolve, sparse_student_recipe, stage_steps
 from spd.pruning import MagnitudePruner, encoder_layers, prunable_matrices
 
@@ -18,13 +19,13 @@ from spd.pruning import MagnitudePruner, encoder_layers, prunable_matrices
 @register_method("sparse-kd", settings=SPDSettings, uses_teacher_for_loss=True,
                  description="SparseBERT / Sparse + KD: SPD's pruning and KD, no grafting")
 def build_sparse_kd(settings: SPDSettings, ctx: BuildContext) -> Recipe:
-    return sparse_student_recipe(ctx, resolve(settings, ctx.task.name), loss="kd", grafted=False)
+    return sparse_student_recipe(ctx, resolve(settings, ctx.task.name), kd=True, grafted=False)
 
 
 @register_method("sparse-progressive", settings=SPDSettings,
                  description="Sparse + Progressive: SPD's pruning and grafting schedule, task loss only, no KD")
 def build_sparse_progressive(settings: SPDSettings, ctx: BuildContext) -> Recipe:
-    return sparse_student_recipe(ctx, resolve(settings, ctx.task.name), loss="task", grafted=True)
+    return sparse_student_recipe(ctx, resolve(settings, ctx.task.name), kd=False, grafted=True)
 
 
 @dataclass
@@ -51,6 +52,7 @@ def build_sparse_ft(settings: SparseFTSettings, ctx: BuildContext) -> Recipe:
                              num_events=settings.num_prune_events)
     phases = [Phase("pruning", t1, settings.lr, all_parameters, settings.warmup_ratio),
               Phase("finetuning", t3 - t1, settings.lr, all_parameters, settings.warmup_ratio)]
-    return Recipe(model=model, phases=[p for p in phases if p.steps > 0], loss="task", pruner=pruner,
+    return Recipe(model=model, phases=[p for p in phases if p.steps > 0], loss=TaskLoss(ctx.task.is_regression),
+                  pruner=pruner,
                   info={"lr": settings.lr, "prune_epochs": r["prune_epochs"],
                         "finetune_epochs": r["graft_epochs"] + r["finetune_epochs"], "stage_ends": [t1, t3]})

@@ -13,6 +13,7 @@ from harness.errors import UserError
 from harness.recipe import BuildContext, Phase, Recipe, all_parameters, epochs_to_steps, student_parameters
 from harness.registry import register_method
 from spd import grafting
+from spd.distill import TaskLoss
 
 
 @dataclass
@@ -54,5 +55,5 @@ def build_theseus(s: TheseusSettings, ctx: BuildContext) -> Recipe:
     phases = [Phase("replacing", epochs_to_steps(s.replace_epochs, ctx.steps_per_epoch), s.lr, student_parameters),
               Phase("compact-finetuning", epochs_to_steps(s.finetune_epochs, ctx.steps_per_epoch), s.lr,
                     all_parameters, before=compact)]
-    return Recipe(model=model, phases=[p for p in phases if p.steps > 0], loss="task", grafting=schedule,
+    return Recipe(model=model, phases=[p for p in phases if p.steps > 0], loss=TaskLoss(ctx.task.is_regression), grafting=schedule,
                   export=compact, info={"successor_layers": layers // s.compress_ratio})

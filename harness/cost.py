@@ -97,7 +97,7 @@ def cell_flops(cell_cfg, sizes: tuple[int, int]) -> float:
         else:
             run_layers = model.config.num_hidden_layers
         per_token = 3 * _forward_flops_per_token(cfg, run_layers, seq)          # forward + backward
-        if recipe.loss == "kd":
+        if getattr(recipe.loss, "needs_teacher", False):
             per_token += _forward_flops_per_token(cfg, layers, seq)             # the teacher's forward
         flops += per_token * tokens_per_step * phase.steps
         step += phase.steps

@@ -37,12 +37,23 @@ class Phase:
 class Recipe:
     model: nn.Module
     phases: list[Phase]
-    loss: str                                   # 'kd' (layer-wise KD from the teacher) or 'task' (gold labels)
+    # The loss is a part the recipe composes (spd.distill.LayerwiseKD, TaskLoss, or a plugin's own): a callable
+    # `loss(student_out, labels, batch, teacher_out) -> (loss, parts)`; its `needs_teacher` attribute says
+    # whether the loop runs the teacher's forward (and asks for attentions and hidden states).
+    loss: Callable
     grafting: Callable[[int], float] | None = None   # replacement probability at global step t; None: no draws
     pruner: MagnitudePruner | None = None
     export: Callable[[nn.Module], PreTrainedModel] = lambda m: m
-    kd_temperature: float = 1.0
-    kd_reduction: str = "batchmean"             # see spd.distill.soft_cross_entropy
+    # Whether the model at global step t has its final shape, for the "best at target" reporting protocol
+    # (the official code reports the best evaluation during training). None: the pruner has reached its final
+    # sparsity (always true without a pruner).
+    final_shape: Callable[[int], bool] | None = None
+    # Gradients of parameters outside a batch's path: None (paper: an undrawn module is not updated) or zeros
+    # (official code's zero_grad(): AdamW's momentum still moves it).
+    zero_grad_to_none: bool = True
+    clip_all_parameters: bool = False           # official code clips the norm over every model parameter
+    precision: str | None = None                # 'fp32' forces fp32 (official-code preset); None: the run's
+    pad_to_max_length: bool = False             # official code pads every training batch to max_seq_length
     # Everything a method wants recorded about itself (resolved settings, stage boundaries, ...).
     info: dict = field(default_factory=dict)
 

@@ -30,6 +30,7 @@ from harness.recipe import BuildContext, Phase, Recipe, all_parameters, epochs_t
 from harness.registry import coerce, get_method, make_settings
 from harness.tasks import Task, get_task
 from harness.train import LoopConfig, TrainResult, train
+from spd.distill import TaskLoss
 from spd.pruning import encoder_layers, matrix_report, prunable_matrices
 
 TEACHER_FORMAT = 1  # bump when a change makes cached teachers invalid
@@ -150,7 +151,8 @@ def ensure_teacher(cfg: RunConfig, task: Task, td: TaskData, device, cache_dir: 
             return teacher_dir
         model = models.load_pretrained(cfg.model, task, cfg.seed)
         steps = max(1, epochs_to_steps(cfg.teacher_epochs, td.steps_per_epoch))
-        recipe = Recipe(model=model, phases=[Phase("finetune", steps, cfg.teacher_lr, all_parameters)], loss="task")
+        recipe = Recipe(model=model, phases=[Phase("finetune", steps, cfg.teacher_lr, all_parameters)],
+                        loss=TaskLoss(task.is_regression))
         result = _train(recipe, task, td, device, cfg, progress)
         with store.atomic_dir(teacher_dir) as tmp:
             recipe.model.save_pretrained(tmp / "model", safe_serialization=True)

@@ -22,7 +22,6 @@ from harness.errors import UserError
 from harness.recipe import Recipe
 from harness.tasks import Task, compute_metrics
 from spd import grafting
-from spd.distill import kd_loss, task_loss
 
 
 class TrainingDiverged(UserError):
@@ -164,19 +163,18 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[], object], d
             else:
                 p = 1.0
                 grafting.use_students(model, True)
-            if recipe.loss == "kd":
+            if recipe.loss.needs_teacher:
                 draws = [s.use_student for s in grafting.slots(model)]
                 teacher_out = _teacher_outputs(model, batch, device)
                 grafting.use_students(model, draws)
                 with autocast(device):
                     out = model(**batch, output_attentions=True, output_hidden_states=True)
-                loss, parts = kd_loss(out, teacher_out, labels, regression=task.is_regression,
-                                      temperature=recipe.kd_temperature, reduction=recipe.kd_reduction)
             else:
+                teacher_out = None
                 with autocast(device):
                     out = model(**batch)
-                loss = task_loss(out.logits.float(), labels, regression=task.is_regression)
-                parts = {}
+            loss, parts = recipe.loss(out, labels, batch, teacher_out)
+            parts = {k: v.item() for k, v in parts.items()}
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at step {step + 1} (phase {phase.name}); "

@@ -19,6 +19,7 @@ from harness.errors import UserError
 from harness.recipe import BuildContext, Phase, Recipe, epochs_to_steps, student_parameters
 from harness.registry import register_method
 from spd import grafting
+from spd.distill import LayerwiseKD, TaskLoss
 from spd.pruning import MagnitudePruner, prunable_matrices
 
 # Per-task values the paper gives (appendix; §4.1); tasks it is silent on fall back to the official README.
@@ -49,6 +50,7 @@ class SPDSettings:
     warmup_ratio: float = 0.0
     temperature: float = 1.0
     kd_reduction: str | None = None        # 'batchmean' (paper) | 'elementmean' (official code)
+    kd_mask_padding: bool | None = None    # MSE over real tokens (paper) | over every padded position (code)
 
     def __post_init__(self):  # fail before any training, not at build time
         choices = {"preset": (self.preset, PRESETS), "grafting": (self.grafting, ("progressive", "constant")),
@@ -82,6 +84,7 @@ def resolve(settings: SPDSettings, task: str) -> dict:
         "warmup_ratio": settings.warmup_ratio,
         "temperature": settings.temperature,
         "kd_reduction": settings.kd_reduction or ("elementmean" if official else "batchmean"),
+        "kd_mask_padding": settings.kd_mask_padding if settings.kd_mask_padding is not None else not official,
     }
     return r
 
@@ -106,9 +109,10 @@ def stage_steps(r: dict, ctx: BuildContext) -> tuple[int, int, int]:
     return t1, t2, t3
 
 
-def sparse_student_recipe(ctx: BuildContext, r: dict, *, loss: str, grafted: bool) -> Recipe:
+def sparse_student_recipe(ctx: BuildContext, r: dict, *, kd: bool, grafted: bool) -> Recipe:
     """The recipe SPD and its ablations share: pruned student modules on the grafted model, two LR phases.
 
+    kd=False trains on the gold labels instead of SPD's layer-wise KD.
     grafted=False keeps every student module in place (p = 1 from the first step: no progressive grafting).
     """
     model = grafting.graft(ctx.teacher, compress_ratio=1)
@@ -121,12 +125,13 @@ def sparse_student_recipe(ctx: BuildContext, r: dict, *, loss: str, grafted: boo
         Phase("grafting+finetuning", t3 - t1, r["graft_lr"], student_parameters, r["warmup_ratio"],
               fresh_optimizer=r["fresh_optimizer"]),
     ]
+    regression = ctx.task.is_regression
+    loss = (LayerwiseKD(regression, r["temperature"], r["kd_reduction"], r["kd_mask_padding"]) if kd else TaskLoss(regression))
     return Recipe(model=model, phases=[ph for ph in phases if ph.steps > 0], loss=loss, grafting=schedule,
-                  pruner=pruner, export=grafting.extract_student, kd_temperature=r["temperature"],
-                  kd_reduction=r["kd_reduction"], info={**r, "stage_ends": [t1, t2, t3]})
+                  pruner=pruner, export=grafting.extract_student, info={**r, "stage_ends": [t1, t2, t3]})
 
 
 @register_method("spd", settings=SPDSettings, uses_teacher_for_loss=True,
                  description="Sparse Progressive Distillation: pruning + progressive grafting + layer-wise KD")
 def build_spd(settings: SPDSettings, ctx: BuildContext) -> Recipe:
-    return sparse_student_recipe(ctx, resolve(settings, ctx.task.name), loss="kd", grafted=True)
+    return sparse_student_recipe(ctx, resolve(settings, ctx.task.name), kd=True, grafted=True)

@@ -16,6 +16,7 @@ import torch
 from harness.recipe import BuildContext, Phase, Recipe, epochs_to_steps, student_parameters
 from harness.registry import register_method
 from spd import grafting
+from spd.distill import LayerwiseKD
 from spd.pruning import MagnitudePruner, prunable_matrices
 
 
@@ -55,5 +56,5 @@ def build(settings: OneShotKDSettings, ctx: BuildContext) -> Recipe:
     pruner = GlobalOneShotPruner(prunable_matrices(grafting.student_layers(model)), ctx.sparsity)
     steps = epochs_to_steps(settings.epochs, ctx.steps_per_epoch)
     return Recipe(model=model, phases=[Phase("kd-finetuning", steps, settings.lr, student_parameters)],
-                  loss="kd", pruner=pruner, export=grafting.extract_student,
-                  kd_temperature=settings.temperature)
+                  loss=LayerwiseKD(ctx.task.is_regression, settings.temperature), pruner=pruner,
+                  export=grafting.extract_student)

@@ -7,9 +7,10 @@ executes any recipe; no method has a loop of its own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Callable, Iterable, Iterator
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -61,6 +62,66 @@ class Recipe:
     def total_steps(self) -> int:
         return sum(p.steps for p in self.phases)
 
+    def to(self, device: torch.device | str) -> "Recipe":
+        """Move the model and every tensor the recipe's parts hold (masks, a plugin's buffers) to `device`.
+
+        The loop calls this before training and after any surgery, so a part built on the CPU before the loop
+        picked the device (the pruner's masks, say) trains where its weights are."""
+        self.model.to(device)
+        for name, value in vars(self).items():
+            if name != "model":
+                _move_tensors(value, torch.device(device), set())
+        return self
+
+
+def _children(obj) -> Iterator[tuple[object, object, object]]:
+    """(container, key, value) for what `obj` holds: dict items, list items, dataclass fields, attributes."""
+    if isinstance(obj, dict):
+        yield from ((obj, k, v) for k, v in obj.items())
+    elif isinstance(obj, list):
+        yield from ((obj, i, v) for i, v in enumerate(obj))
+    elif is_dataclass(obj) and not isinstance(obj, type):
+        yield from ((obj, f.name, getattr(obj, f.name)) for f in fields(obj))
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type) and not callable(obj):
+        yield from ((obj, k, v) for k, v in vars(obj).items())
+
+
+def _move_tensors(obj, device: torch.device, seen: set) -> None:
+    if id(obj) in seen or isinstance(obj, (nn.Module, str, bytes, int, float, bool, type(None))):
+        return  # a module's own .to() moves it; its parameters are the model's (moved in place)
+    seen.add(id(obj))
+    for container, key, value in _children(obj):
+        if isinstance(value, nn.Parameter):
+            continue  # a view of a model parameter (pruner.weights): moved with the model, keeps its identity
+        if isinstance(value, torch.Tensor):
+            if value.device != device:
+                moved = value.to(device)
+                if isinstance(container, (dict, list)):
+                    container[key] = moved
+                else:
+                    setattr(container, key, moved)
+        else:
+            _move_tensors(value, device, seen)
+
+
+def stray_tensors(obj, device: torch.device, path: str = "recipe", seen: set | None = None) -> list[str]:
+    """Where `obj` holds a tensor that is not on `device` (what Recipe.to must leave empty; tests use it)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, type(None))):
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, nn.Module):
+        return [f"{path}.{n}" for n, t in [*obj.named_parameters(), *obj.named_buffers()] if t.device != device]
+    found = []
+    for _, key, value in _children(obj):
+        where = f"{path}[{key!r}]" if isinstance(obj, (dict, list)) else f"{path}.{key}"
+        if isinstance(value, torch.Tensor):
+            if value.device != device:
+                found.append(where)
+        else:
+            found += stray_tensors(value, device, where, seen)
+    return found
+
 
 @dataclass
 class BuildContext:
@@ -70,6 +131,8 @@ class BuildContext:
     steps_per_epoch: int
     sparsity: float
     seed: int
+    # The pre-trained (not fine-tuned) model with a fresh head for the task: SparseBERT prunes it as its student.
+    load_pretrained: Callable[[], PreTrainedModel] | None = None
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:

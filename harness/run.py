@@ -29,7 +29,7 @@ from harness.errors import UserError
 from harness.recipe import BuildContext, Phase, Recipe, all_parameters, epochs_to_steps
 from harness.registry import coerce, get_method, make_settings
 from harness.tasks import Task, get_task
-from harness.train import LoopConfig, TrainResult, train
+from harness.train import Hooks, LoopConfig, TrainResult, train
 from spd.distill import TaskLoss
 from spd.pruning import encoder_layers, matrix_report, prunable_matrices
 
@@ -105,12 +105,13 @@ class TaskData:
         self.tokenizer, self.cfg = tokenizer, cfg
         self.steps_per_epoch = max(1, len(self.train) // cfg.batch_size)
 
-    def _loader(self, ds, batch_size, shuffle, seed=0):
-        pad = {"pad_to": self.cfg.max_seq_length} if self.cfg.pad_to_max_length else {}
+    def _loader(self, ds, batch_size, shuffle, seed=0, pad_to_max_length: bool = False):
+        padded = self.cfg.pad_to_max_length or pad_to_max_length
+        pad = {"pad_to": self.cfg.max_seq_length} if padded else {}
         return data.make_loader(ds, self.tokenizer, batch_size, shuffle=shuffle, seed=seed, **pad)
 
-    def train_loader(self, seed: int):
-        return self._loader(self.train, self.cfg.batch_size, True, seed)
+    def train_loader(self, seed: int, pad_to_max_length: bool = False):
+        return self._loader(self.train, self.cfg.batch_size, True, seed, pad_to_max_length)
 
     def dev_loader(self):
         return self._loader(self.dev, self.cfg.eval_batch_size, False)
@@ -162,19 +163,25 @@ def ensure_teacher(cfg: RunConfig, task: Task, td: TaskData, device, cache_dir: 
 
 
 def _train(recipe: Recipe, task: Task, td: TaskData, device, cfg: RunConfig, progress: bool,
-           history_file: Path | None = None) -> TrainResult:
-    loop = LoopConfig(eval_steps=cfg.eval_steps, max_grad_norm=cfg.max_grad_norm,
-                      weight_decay=cfg.weight_decay, seed=cfg.seed, progress=progress)
-    seeds = iter(range(cfg.seed * 1000, cfg.seed * 1000 + 10**6))
+           history_file: Path | None = None, hooks: Hooks | None = None) -> TrainResult:
+    loop = LoopConfig(eval_steps=cfg.eval_steps, max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay,
+                      seed=cfg.seed, progress=progress, precision=cfg.precision)
+    hooks = hooks or Hooks()
+    user_on_eval = hooks.on_eval
 
     def on_eval(entry):
         if history_file is not None:
             with open(history_file, "a") as f:
                 f.write(json.dumps(entry) + "\n")
+        if user_on_eval:
+            user_on_eval(entry)
+
+    def train_loader(epoch: int):  # epoch e's shuffle is seed*1000 + e: the data order is reproducible
+        return td.train_loader(cfg.seed * 1000 + epoch, pad_to_max_length=recipe.pad_to_max_length)
 
     torch.manual_seed(cfg.seed)  # dropout
-    return train(recipe, task, lambda: td.train_loader(next(seeds)), td.dev_loader(), device, loop,
-                 train_eval_loader=td.train_eval_loader(), on_eval=on_eval)
+    return train(recipe, task, train_loader, td.dev_loader(), device, loop,
+                 train_eval_loader=td.train_eval_loader(), hooks=dataclasses.replace(hooks, on_eval=on_eval))
 
 
 def sparsity_report(model) -> dict:
@@ -188,9 +195,6 @@ def _setup(cfg: RunConfig, cache_dir):
     task, method, settings = cfg.validate()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     device = models.pick_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     tokenizer = models.load_tokenizer(cfg.model)
     td = TaskData(cfg, task, tokenizer, cache_dir)
     return task, method, settings, cache_dir, device, tokenizer, td
@@ -211,7 +215,8 @@ def run_cell(cfg: RunConfig, out_dir: str | os.PathLike, cache_dir: str | os.Pat
     teacher_metrics = store.read_json(teacher_dir / "metrics.json")
     teacher = models.load_checkpoint(teacher_dir / "model")
     ctx = BuildContext(teacher=teacher, task=task, steps_per_epoch=td.steps_per_epoch,
-                       sparsity=cfg.sparsity if method.prunes else 0.0, seed=cfg.seed)
+                       sparsity=cfg.sparsity if method.prunes else 0.0, seed=cfg.seed,
+                       load_pretrained=lambda: models.load_pretrained(cfg.model, task, cfg.seed))
     torch.manual_seed(cfg.seed)
     recipe = method.build(settings, ctx)
     out_dir = Path(out_dir)
@@ -237,6 +242,7 @@ def run_cell(cfg: RunConfig, out_dir: str | os.PathLike, cache_dir: str | os.Pat
             step_seconds=round(result.step_seconds, 3)))
         metrics = {"task": task.name, "method": method.name, "model": cfg.model, "sparsity": ctx.sparsity,
                    "seed": cfg.seed, "metric": task.metric, "final": result.final, "best": result.best,
+                   "best_any": result.best_any, "precision": result.precision,
                    "teacher": teacher_metrics["final"], "achieved_sparsity": sparsity["overall"],
                    "params": models.count_parameters(final_model),
                    "encoder_layers": final_model.config.num_hidden_layers}

@@ -1,7 +1,15 @@
 """The one training loop. It runs any `Recipe`: phases in order, each with its own AdamW and linear
-warm-up/decay schedule; per batch a grafting draw, the student's forward/backward, the teacher's forward
-when the loss is KD, gradient clipping, an optimizer step, then the pruner (masks re-applied after every
-step). Dev evaluation runs every `eval_steps` and at the end of every phase, always on the student.
+warm-up/decay schedule; per batch a grafting draw, the teacher's forward when the loss needs it, the student's
+forward, the recipe's loss, backward, gradient clipping, an optimizer step, then the pruner (masks re-applied
+after every step). Dev evaluation runs every `eval_steps` and at the end of every phase, always on the student.
+
+On CUDA the loop never waits for the GPU inside a step: the loss is read (progress bar, finiteness check) every
+`log_every` steps, the grafting draws come from a CPU generator, AdamW is fused and the masks are re-applied in
+one foreach call. Attention probabilities are computed (eager attention) only while a loss needs them; other
+passes use sdpa on CUDA. On the CPU the loop computes exactly what it always did (tests/test_pinned.py).
+
+Tools attach through `Hooks` (bench/ times a step's parts with `lap`; logs and checkpoints use `on_step` and
+`on_eval`) instead of copying the loop.
 """
 from __future__ import annotations
 
@@ -19,9 +27,11 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from harness.errors import UserError
-from harness.recipe import Recipe
+from harness.recipe import Phase, Recipe
 from harness.tasks import Task, compute_metrics
 from spd import grafting
+
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 class TrainingDiverged(UserError):
@@ -36,22 +46,74 @@ class LoopConfig:
     adam_eps: float = 1e-8
     seed: int = 42
     progress: bool = True
+    precision: str = "auto"      # see resolve_precision
+    log_every: int = 50          # CUDA: steps between reads of the loss (each read waits for the GPU)
+
+
+@dataclass
+class StepEnd:
+    """What `Hooks.on_step` sees after an optimizer step. Tensors are unread: reading one waits for the GPU."""
+    step: int
+    phase: str
+    loss: torch.Tensor
+    parts: dict
+    p: float
+    lr: float
+    model: nn.Module
+
+
+@dataclass
+class Hooks:
+    on_step: Callable[[StepEnd], None] | None = None
+    on_eval: Callable[[dict], None] | None = None      # every history entry, as it is recorded
+    # The boundaries of a step's parts ('batch', 'draw', 'teacher', 'student', 'loss', 'backward', 'optimizer',
+    # 'pruner'): bench/ times them here. Called only when set.
+    lap: Callable[[str], None] | None = None
 
 
 @dataclass
 class TrainResult:
     final: dict
-    best: dict
+    best: dict                   # best dev evaluation of the final model shape (the official code's protocol)
+    best_any: dict               # best dev evaluation of any shape (mid-pruning included)
     history: list = field(default_factory=list)
     final_predictions: np.ndarray | None = None
     train_seconds: float = 0.0
     step_seconds: float = 0.0
+    precision: str = "fp32"
 
 
-def autocast(device: torch.device):
-    if device.type == "cuda":
+def resolve_precision(requested: str, recipe_precision: str | None, device: torch.device) -> str:
+    """'bf16' or 'fp32': an explicit run setting wins, then the recipe's (official-code: fp32), then the device's
+    default (bf16 autocast + TF32 on CUDA, fp32 on the CPU)."""
+    if requested not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return recipe_precision or ("bf16" if device.type == "cuda" else "fp32")
+
+
+def autocast(device: torch.device, precision: str = "bf16"):
+    if precision == "bf16" and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def set_attention(model: nn.Module, implementation: str) -> None:
+    """Switch every config in the model (grafted students hold deep copies) to 'eager' or 'sdpa'."""
+    seen = set()
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation") and id(config) not in seen:
+            seen.add(id(config))
+            config._attn_implementation = implementation
+
+
+def fast_attention(device: torch.device) -> str:
+    # sdpa wherever no loss needs the probabilities; on the CPU eager stays, so CPU results do not move.
+    return "sdpa" if device.type == "cuda" else "eager"
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -59,38 +121,43 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, task: Task, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions, references) on the student path: class ids, or scores for regression."""
+def predict(model: nn.Module, loader, task: Task, device: torch.device,
+            precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, references) on the student path: class ids, or scores for regression.
+
+    The encoder runs under the run's precision; the pooler and classifier run in fp32, so scores do not tie
+    (bf16 has 8 bits of mantissa) and the saved metric is what the saved checkpoint gives."""
     was_training = model.training
     model.eval()
     grafting.use_students(model, True)
+    set_attention(model, fast_attention(device))
     preds, refs = [], []
     for batch in loader:
         batch = to_device(batch, device)
         labels = batch.pop("labels")
-        with autocast(device):
-            logits = model(**batch).logits.float()
+        with autocast(device, precision):
+            hidden = model.bert(**batch).last_hidden_state
+        with torch.autocast(device.type, enabled=False):
+            logits = model.classifier(model.bert.pooler(hidden.float()))
         preds.append(logits.view(-1) if task.is_regression else logits.argmax(-1))
         refs.append(labels)
+    set_attention(model, "eager")
     model.train(was_training)
     return torch.cat(preds).cpu().numpy(), torch.cat(refs).cpu().numpy()
 
 
-def evaluate(model, loader, task, device) -> tuple[dict, np.ndarray]:
-    predictions, references = predict(model, loader, task, device)
+def evaluate(model, loader, task, device, precision: str = "fp32") -> tuple[dict, np.ndarray]:
+    predictions, references = predict(model, loader, task, device, precision)
     return compute_metrics(task, predictions, references), predictions
 
 
-def _batches(make_loader: Callable[[], object]) -> Iterator[dict]:
-    while True:  # epochs until the recipe's step budget is spent; each pass reshuffles
-        yield from make_loader()
-
-
-def _optimizer(params, cfg: LoopConfig, lr: float):
+def _optimizer(params, cfg: LoopConfig, lr: float, device: torch.device):
     decay = [p for n, p in params if not (n.endswith("bias") or "LayerNorm" in n)]
     no_decay = [p for n, p in params if n.endswith("bias") or "LayerNorm" in n]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, eps=cfg.adam_eps)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one kernel for the whole update on CUDA; the CPU keeps torch's default path (pinned results).
+    fused = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=lr, eps=cfg.adam_eps, **fused)
 
 
 def _set_trainable(model: nn.Module, trainable) -> list:
@@ -104,108 +171,171 @@ def _set_trainable(model: nn.Module, trainable) -> list:
     return params
 
 
-def _teacher_outputs(model, batch, device):
+def _teacher_outputs(model, batch, device, precision: str = "bf16"):
     """The teacher's forward on the same grafted model: every slot on its teacher layers, no dropout."""
     grafting.use_students(model, False)
     model.eval()
-    with torch.no_grad(), autocast(device):
+    with torch.no_grad(), autocast(device, precision):
         out = model(**batch, output_attentions=True, output_hidden_states=True)
     model.train()
     return out
 
 
-def train(recipe: Recipe, task: Task, make_train_loader: Callable[[], object], dev_loader,
-          device: torch.device, cfg: LoopConfig, train_eval_loader=None,
-          on_eval: Callable[[dict], None] | None = None) -> TrainResult:
-    model = recipe.model.to(device)
+def _batches(make_loader: Callable[[int], object]) -> Iterator[dict]:
+    epoch = 0
+    while True:  # epochs until the recipe's step budget is spent; each epoch has its own shuffle
+        yield from make_loader(epoch)
+        epoch += 1
+
+
+class _NonFinite:
+    """Watches the loss on the device; `check` reads it (a host synchronisation) and raises if it went bad."""
+
+    def __init__(self):
+        self.bad, self.since = None, 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        flag = ~torch.isfinite(loss.detach())
+        self.bad = flag if self.bad is None else self.bad | flag
+
+    def check(self, step: int, phase: str) -> None:
+        if self.bad is not None and bool(self.bad):
+            window = f"at step {step}" if self.since == step - 1 else f"between steps {self.since + 1} and {step}"
+            raise TrainingDiverged(f"loss became non-finite {window} (phase {phase}); "
+                                   f"no metrics written — try a lower learning rate")
+        self.bad, self.since = None, step
+
+
+def _at_final_shape(recipe: Recipe, step: int) -> bool:
+    if recipe.final_shape is not None:
+        return bool(recipe.final_shape(step))
+    pruner = recipe.pruner
+    return pruner is None or pruner.current_sparsity >= pruner.final_sparsity - 1e-12
+
+
+def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object], dev_loader,
+          device: torch.device, cfg: LoopConfig, train_eval_loader=None, hooks: Hooks | None = None) -> TrainResult:
+    """Run `recipe`. `make_train_loader(epoch)` gives the epoch's shuffled batches (the data order is a function
+    of the epoch, so a run can be replayed)."""
+    hooks = hooks or Hooks()
+    lap = hooks.lap or (lambda name: None)
+    precision = resolve_precision(cfg.precision, recipe.precision, device)
+    if device.type == "cuda":  # TF32 is part of 'bf16'; 'fp32' means the official code's full fp32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "bf16"
+    recipe.to(device)
+    model = recipe.model
     total = recipe.total_steps
     eval_every = cfg.eval_steps or max(1, math.ceil(total / 20))
-    generator = torch.Generator().manual_seed(cfg.seed)
+    sync_every = cfg.log_every if device.type == "cuda" else 1   # on the CPU a read costs nothing
+    generator = torch.Generator().manual_seed(cfg.seed)           # grafting draws: CPU, never a GPU sync
     batches = _batches(make_train_loader)
-    history, best, step = [], None, 0
+    history, best, best_any, step = [], None, None, 0
     started, step_time = time.perf_counter(), 0.0
-    optimizer = None
+    optimizer, nonfinite = None, _NonFinite()
 
     def run_eval(phase_name: str, extra: dict) -> dict:
-        nonlocal best
-        metrics, predictions = evaluate(model, dev_loader, task, device)
-        entry = {"step": step, "phase": phase_name, "dev": metrics, **extra}
+        nonlocal best, best_any
+        metrics, predictions = evaluate(model, dev_loader, task, device, precision)
+        entry = {"step": step, "phase": phase_name, "dev": metrics, **extra,
+                 "final_shape": _at_final_shape(recipe, step)}
         if train_eval_loader is not None:
-            entry["train"] = evaluate(model, train_eval_loader, task, device)[0]
-        if best is None or metrics["score"] > best["dev"]["score"]:
-            best = {"step": step, "phase": phase_name, "dev": metrics}
+            entry["train"] = evaluate(model, train_eval_loader, task, device, precision)[0]
+        record = {"step": step, "phase": phase_name, "dev": metrics}
+        if best_any is None or metrics["score"] > best_any["dev"]["score"]:
+            best_any = record
+        if entry["final_shape"] and (best is None or metrics["score"] > best["dev"]["score"]):
+            best = record
         history.append(entry)
-        if on_eval:
-            on_eval(entry)
+        if hooks.on_eval:
+            hooks.on_eval(entry)
         return {"metrics": metrics, "predictions": predictions}
+
+    def state_now(**extra) -> dict:
+        return {"p": recipe.grafting(step) if recipe.grafting else 1.0,
+                "sparsity": recipe.pruner.current_sparsity if recipe.pruner else 0.0, **extra}
 
     bar = tqdm(total=total, desc=f"{task.name}", disable=not cfg.progress, leave=False)
     last = None
     for phase in recipe.phases:
         if phase.before is not None:
-            model = phase.before(model).to(device)
+            recipe.model = phase.before(model)
+            recipe.to(device)
+            model = recipe.model
         params = _set_trainable(model, phase.trainable(model))
+        clipped = [p_ for p_ in model.parameters()] if recipe.clip_all_parameters else [p_ for _, p_ in params]
         if optimizer is None or phase.fresh_optimizer:
-            optimizer = _optimizer(params, cfg, phase.lr)
+            optimizer = _optimizer(params, cfg, phase.lr, device)
         else:
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] = phase.lr
         scheduler = get_linear_schedule_with_warmup(
             optimizer, round(phase.warmup_ratio * phase.steps), max(1, phase.steps))
+        needs_teacher = recipe.loss.needs_teacher
+        set_attention(model, "eager" if needs_teacher else fast_attention(device))
         model.train()
+        loss = None
         for i in range(phase.steps):
             t0 = time.perf_counter()
             batch = to_device(next(batches), device)
             labels = batch.pop("labels")
+            lap("batch")
             if recipe.grafting:
                 p = recipe.grafting(step)
                 grafting.sample_grafting(model, p, generator)
             else:
                 p = 1.0
                 grafting.use_students(model, True)
-            if recipe.loss.needs_teacher:
+            lap("draw")
+            teacher_out = None
+            if needs_teacher:
                 draws = [s.use_student for s in grafting.slots(model)]
-                teacher_out = _teacher_outputs(model, batch, device)
+                teacher_out = _teacher_outputs(model, batch, device, precision)
                 grafting.use_students(model, draws)
-                with autocast(device):
-                    out = model(**batch, output_attentions=True, output_hidden_states=True)
-            else:
-                teacher_out = None
-                with autocast(device):
-                    out = model(**batch)
+                lap("teacher")
+            with autocast(device, precision):
+                out = model(**batch, output_attentions=needs_teacher, output_hidden_states=needs_teacher)
+            lap("student")
             loss, parts = recipe.loss(out, labels, batch, teacher_out)
-            parts = {k: v.item() for k, v in parts.items()}
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at step {step + 1} (phase {phase.name}); "
-                    f"no metrics written — try a lower learning rate")
+            nonfinite.add(loss)
+            lap("loss")
             # A draw that puts no trainable module in the path (every slot on its teacher layers) leaves
             # nothing to update; the step still counts, as in the official code.
             if loss.requires_grad:
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_([p_ for _, p_ in params], cfg.max_grad_norm)
+                lap("backward")
+                torch.nn.utils.clip_grad_norm_(clipped, cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
             else:  # keep the LR schedule on the global step; torch warns when optimizer.step() was skipped
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
                     scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            # set_to_none=False is the official code's zero_grad(): modules out of the next batch's path then
+            # keep a zero gradient and AdamW's momentum still moves them.
+            optimizer.zero_grad(set_to_none=recipe.zero_grad_to_none)
+            lap("optimizer")
             step += 1
             if recipe.pruner is not None:
                 recipe.pruner.step(step)
+            lap("pruner")
             step_time += time.perf_counter() - t0
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", p=f"{p:.2f}", refresh=False)
-            if step % eval_every == 0 and i != phase.steps - 1:   # a phase's last step: evaluated just below
-                run_eval(phase.name, {"loss": loss.item(), **parts, "p": p, "lr": scheduler.get_last_lr()[0],
-                                      "sparsity": recipe.pruner.current_sparsity if recipe.pruner else 0.0})
-        last = run_eval(phase.name, {"p": recipe.grafting(step) if recipe.grafting else 1.0,
-                                     "sparsity": recipe.pruner.current_sparsity if recipe.pruner else 0.0})
+            evaluating = step % eval_every == 0 and i != phase.steps - 1  # a phase's last step: evaluated below
+            if step % sync_every == 0 or evaluating or i == phase.steps - 1:
+                nonfinite.check(step, phase.name)
+                bar.set_postfix(loss=f"{loss.item():.4f}", p=f"{p:.2f}", refresh=False)
+            if hooks.on_step:
+                hooks.on_step(StepEnd(step, phase.name, loss.detach(), parts, p, scheduler.get_last_lr()[0], model))
+            if evaluating:
+                run_eval(phase.name, state_now(loss=loss.item(), **{k: v.item() for k, v in parts.items()},
+                                               p=p, lr=scheduler.get_last_lr()[0]))
+        last = run_eval(phase.name, state_now())
     bar.close()
     if last is None:  # a recipe with no training (dense): evaluate as is
         last = run_eval("eval", {"p": 1.0, "sparsity": 0.0})
-    recipe.model = model
-    return TrainResult(final={"step": step, "dev": last["metrics"]}, best=best, history=history,
+    if best is None:  # no evaluation at the final shape (a recipe that never reaches it): say so, keep the last
+        best = {**history[-1], "final_shape": False}
+        best = {k: best[k] for k in ("step", "phase", "dev", "final_shape")}
+    return TrainResult(final={"step": step, "dev": last["metrics"]}, best=best, best_any=best_any, history=history,
                        final_predictions=last["predictions"], train_seconds=time.perf_counter() - started,
-                       step_seconds=step_time)
+                       step_seconds=step_time, precision=precision)

@@ -86,8 +86,19 @@ class MagnitudePruner:
 
     @torch.no_grad()
     def apply(self) -> None:
-        for name, weight in self.weights.items():
-            weight.mul_(self.masks[name])
+        """Re-zero the pruned weights: one foreach multiply over every matrix (one kernel group on CUDA)."""
+        weights = list(self.weights.values())
+        if not weights:
+            return
+        masks = [self._mask_for(name, w) for name, w in self.weights.items()]
+        torch._foreach_mul_(weights, masks)
+
+    def _mask_for(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        # Masks follow their weights: made before the loop moved the model to its device, or moved since.
+        mask = self.masks[name]
+        if mask.device != weight.device:
+            mask = self.masks[name] = mask.to(weight.device)
+        return mask
 
     def step(self, completed_steps: int) -> float | None:
         """Call after every optimizer step; prunes when an event falls due. Returns the new sparsity or None."""

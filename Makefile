@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= runs
 
-.PHONY: help venv demo test smoke lock clean
+.PHONY: help venv demo test test-gpu smoke lock clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -27,6 +27,12 @@ smoke: $(STAMP)  ## every method x every task on the tiny model (built-in sample
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q
+
+# On a CUDA machine: the whole suite with the `cuda` tier, which then fails rather than skips if no GPU is seen.
+# The container tests stay CI's. An offline GPU box without PyPI: make test-gpu GPU_PYTHON=python3 (docs/gpu.md).
+GPU_PYTHON ?= $(BIN)/python
+test-gpu: $(if $(filter $(BIN)/python,$(GPU_PYTHON)),$(STAMP))  ## the suite on a CUDA GPU, cuda tier included (docs/gpu.md)
+	SPD_BENCH_REQUIRE_CUDA=1 $(GPU_PYTHON) -m pytest -q --ignore=tests/test_docker.py
 
 lock:  ## re-pin requirements/lock.txt from the current .venv
 	{ echo "# Exact versions that \`make test\` installs and tests, and that docker/Dockerfile installs."; \

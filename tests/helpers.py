@@ -17,7 +17,8 @@ def run_cli(*args) -> int:
     return main([str(a) for a in args])
 
 
-def fast_run(method, task, out, cache, sparsity=0.5, extra=()):
+def fast_run(method, task, out, cache, sparsity=0.5, extra=(), settings=None):
+    """`settings`: the method's key=value settings instead of FAST_SETTINGS[method]."""
     return run_cli("run", "--method", method, "--task", task, "--model", "tiny", "--sparsity", sparsity,
                    "--glue-dir", "samples", "--out", out, "--cache", cache, "--quiet", "--seed", 1,
-                   *FAST_RUN, *FAST_SETTINGS[method], *extra)
+                   *FAST_RUN, *(FAST_SETTINGS[method] if settings is None else settings), *extra)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.errors import UserError
+from harness.errors import Preempted, UserError
 
 EXIT_USAGE = 2
 
@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spd-bench: interrupted", file=sys.stderr)
         return 130
+    except Preempted as err:  # SIGTERM (a scheduler's preemption): the state is saved, a re-run continues
+        print(f"spd-bench: {err}", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

@@ -12,3 +12,7 @@ class UserError(Exception):
 def unknown_name(kind: str, name: str, valid) -> UserError:
     """`unknown task 'foo'; valid: cola, mnli, ...` — the message every registry uses."""
     return UserError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+
+
+class Preempted(Exception):
+    """SIGTERM arrived during training: the state was saved (harness/resume.py); re-running continues the run."""

@@ -27,6 +27,7 @@ from filelock import FileLock
 from harness import data, models, store
 from harness.errors import UserError
 from harness.recipe import BuildContext, Phase, Recipe, all_parameters, epochs_to_steps
+from harness.resume import Checkpointer, identity_of
 from harness.registry import coerce, get_method, make_settings
 from harness.tasks import Task, get_task
 from harness.train import Hooks, LoopConfig, TrainResult, train
@@ -61,6 +62,9 @@ class RunConfig:
     # 'auto': bf16 autocast + TF32 on CUDA, fp32 on the CPU (a method preset may ask for fp32: official-code);
     # 'bf16' or 'fp32' force it. Evaluation logits are fp32 whatever this says (docs/gpu.md).
     precision: str = "auto"
+    # Minutes between mid-training checkpoints of the whole training state (also written at SIGTERM); a re-run
+    # of an interrupted cell continues from the newest one (harness/resume.py). 0: only at SIGTERM.
+    checkpoint_minutes: float = 30.0
     settings: dict = field(default_factory=dict)   # method-specific settings
 
     def validate(self) -> tuple[Task, object, object]:
@@ -154,20 +158,34 @@ def ensure_teacher(cfg: RunConfig, task: Task, td: TaskData, device, cache_dir: 
         steps = max(1, epochs_to_steps(cfg.teacher_epochs, td.steps_per_epoch))
         recipe = Recipe(model=model, phases=[Phase("finetune", steps, cfg.teacher_lr, all_parameters)],
                         loss=TaskLoss(task.is_regression))
-        result = _train(recipe, task, td, device, cfg, progress)
+        ckpt = checkpointer(cfg, teacher_dir, {"teacher": teacher_fields(cfg), "data": td.fingerprint})
+        result = _train(recipe, task, td, device, cfg, progress, checkpoint=ckpt)
         with store.atomic_dir(teacher_dir) as tmp:
             recipe.model.save_pretrained(tmp / "model", safe_serialization=True)
             td.tokenizer.save_pretrained(tmp / "model")
             store.write_json(tmp / "metrics.json", {"key": fields, "final": result.final, "best": result.best})
+        ckpt.discard()
     return teacher_dir
 
 
+# Settings that do not change what a run computes: a run resumed with other values is the same run.
+NOT_IN_IDENTITY = ("device", "checkpoint_minutes")
+
+
+def checkpointer(cfg: RunConfig, final_dir: Path, extra: dict) -> Checkpointer:
+    """The mid-training state of the run that will end in `final_dir`: a hidden sibling, `.<name>.state`."""
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_IDENTITY}
+    return Checkpointer(final_dir.parent / f".{final_dir.name}.state", identity_of({**config, **extra}),
+                        every_seconds=cfg.checkpoint_minutes * 60)
+
+
 def _train(recipe: Recipe, task: Task, td: TaskData, device, cfg: RunConfig, progress: bool,
-           history_file: Path | None = None, hooks: Hooks | None = None) -> TrainResult:
+           history_file: Path | None = None, hooks: Hooks | None = None,
+           checkpoint: Checkpointer | None = None) -> TrainResult:
     loop = LoopConfig(eval_steps=cfg.eval_steps, max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay,
-                      seed=cfg.seed, progress=progress, precision=cfg.precision)
+                      seed=cfg.seed, progress=progress, precision=cfg.precision, checkpoint=checkpoint)
     hooks = hooks or Hooks()
-    user_on_eval = hooks.on_eval
+    user_on_eval, user_on_resume = hooks.on_eval, hooks.on_resume
 
     def on_eval(entry):
         if history_file is not None:
@@ -176,12 +194,19 @@ def _train(recipe: Recipe, task: Task, td: TaskData, device, cfg: RunConfig, pro
         if user_on_eval:
             user_on_eval(entry)
 
+    def on_resume(history):  # the interrupted run's curve, so history.jsonl is whole
+        if history_file is not None:
+            store.write_text(history_file, "".join(json.dumps(entry) + "\n" for entry in history))
+        if user_on_resume:
+            user_on_resume(history)
+
     def train_loader(epoch: int):  # epoch e's shuffle is seed*1000 + e: the data order is reproducible
         return td.train_loader(cfg.seed * 1000 + epoch, pad_to_max_length=recipe.pad_to_max_length)
 
     torch.manual_seed(cfg.seed)  # dropout
     return train(recipe, task, train_loader, td.dev_loader(), device, loop,
-                 train_eval_loader=td.train_eval_loader(), hooks=dataclasses.replace(hooks, on_eval=on_eval))
+                 train_eval_loader=td.train_eval_loader(),
+                 hooks=dataclasses.replace(hooks, on_eval=on_eval, on_resume=on_resume))
 
 
 def sparsity_report(model) -> dict:
@@ -221,7 +246,10 @@ def run_cell(cfg: RunConfig, out_dir: str | os.PathLike, cache_dir: str | os.Pat
     recipe = method.build(settings, ctx)
     out_dir = Path(out_dir)
     with store.atomic_dir(out_dir) as tmp:
-        result = _train(recipe, task, td, device, cfg, progress, history_file=tmp / "history.jsonl")
+        ckpt = checkpointer(cfg, out_dir, {"settings": dataclasses.asdict(settings), "data": td.fingerprint,
+                                            "teacher": teacher_dir.name})
+        result = _train(recipe, task, td, device, cfg, progress, history_file=tmp / "history.jsonl",
+                        checkpoint=ckpt)
         final_model = recipe.export(recipe.model).cpu()
         final_model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
@@ -247,4 +275,5 @@ def run_cell(cfg: RunConfig, out_dir: str | os.PathLike, cache_dir: str | os.Pat
                    "params": models.count_parameters(final_model),
                    "encoder_layers": final_model.config.num_hidden_layers}
         store.write_json(tmp / "metrics.json", metrics)  # last: marks the directory complete
+    ckpt.discard()  # the run is whole: its mid-training state has done its job
     return metrics

@@ -26,8 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from harness.errors import UserError
-from harness.recipe import Phase, Recipe
+from harness.errors import Preempted, UserError
+from harness.recipe import Recipe
+from harness.resume import Checkpointer, rng_state, set_rng_state
 from harness.tasks import Task, compute_metrics
 from spd import grafting
 
@@ -48,6 +49,7 @@ class LoopConfig:
     progress: bool = True
     precision: str = "auto"      # see resolve_precision
     log_every: int = 50          # CUDA: steps between reads of the loss (each read waits for the GPU)
+    checkpoint: Checkpointer | None = None   # mid-training state, saved periodically and at SIGTERM
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Hooks:
     # The boundaries of a step's parts ('batch', 'draw', 'teacher', 'student', 'loss', 'backward', 'optimizer',
     # 'pruner'): bench/ times them here. Called only when set.
     lap: Callable[[str], None] | None = None
+    on_resume: Callable[[list], None] | None = None    # a resumed run's history so far, before it goes on
 
 
 @dataclass
@@ -181,11 +184,27 @@ def _teacher_outputs(model, batch, device, precision: str = "bf16"):
     return out
 
 
-def _batches(make_loader: Callable[[int], object]) -> Iterator[dict]:
-    epoch = 0
-    while True:  # epochs until the recipe's step budget is spent; each epoch has its own shuffle
-        yield from make_loader(epoch)
-        epoch += 1
+class _BatchStream:
+    """Epochs until the recipe's step budget is spent, each with its own shuffle; knows its position, so a
+    resumed run sees the batches the interrupted one would have seen next."""
+
+    def __init__(self, make_loader: Callable[[int], object], epoch: int = 0, index: int = 0):
+        self.make_loader, self.epoch, self.index = make_loader, epoch, index
+        self._it: Iterator[dict] | None = None
+
+    def __next__(self) -> dict:
+        while True:
+            if self._it is None:
+                self._it = iter(self.make_loader(self.epoch))
+                for _ in range(self.index):      # resuming mid-epoch: skip what was already trained on
+                    next(self._it)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self._it, self.epoch, self.index = None, self.epoch + 1, 0
+                continue
+            self.index += 1
+            return batch
 
 
 class _NonFinite:
@@ -228,10 +247,13 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
     eval_every = cfg.eval_steps or max(1, math.ceil(total / 20))
     sync_every = cfg.log_every if device.type == "cuda" else 1   # on the CPU a read costs nothing
     generator = torch.Generator().manual_seed(cfg.seed)           # grafting draws: CPU, never a GPU sync
-    batches = _batches(make_train_loader)
+    batches = _BatchStream(make_train_loader)
     history, best, best_any, step = [], None, None, 0
     started, step_time = time.perf_counter(), 0.0
     optimizer, nonfinite = None, _NonFinite()
+    ckpt = cfg.checkpoint
+    saved = ckpt.load() if ckpt else None     # (model tensors, masks, loop state) of an interrupted run
+    restore_sigterm = ckpt.watch_sigterm() if ckpt else (lambda: None)
 
     def run_eval(phase_name: str, extra: dict) -> dict:
         nonlocal best, best_any
@@ -254,13 +276,24 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
         return {"p": recipe.grafting(step) if recipe.grafting else 1.0,
                 "sparsity": recipe.pruner.current_sparsity if recipe.pruner else 0.0, **extra}
 
+    def save_state(phase_index: int, next_i: int, optimizer, scheduler) -> None:
+        masks = recipe.pruner.masks if recipe.pruner else {}
+        ckpt.save(step, model, masks, {
+            "step": step, "phase_index": phase_index, "next_i": next_i, "epoch": batches.epoch,
+            "index": batches.index, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(), "rng": rng_state(), "history": history, "best": best,
+            "best_any": best_any, "step_time": step_time,
+            "sparsity": recipe.pruner.current_sparsity if recipe.pruner else 0.0})
+
     bar = tqdm(total=total, desc=f"{task.name}", disable=not cfg.progress, leave=False)
     last = None
-    for phase in recipe.phases:
+    for phase_index, phase in enumerate(recipe.phases):
         if phase.before is not None:
             recipe.model = phase.before(model)
             recipe.to(device)
             model = recipe.model
+        if saved is not None and phase_index < saved[2]["phase_index"]:
+            continue  # resuming: this phase's surgery is replayed above, its training is done
         params = _set_trainable(model, phase.trainable(model))
         clipped = [p_ for p_ in model.parameters()] if recipe.clip_all_parameters else [p_ for _, p_ in params]
         if optimizer is None or phase.fresh_optimizer:
@@ -273,8 +306,26 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
         needs_teacher = recipe.loss.needs_teacher
         set_attention(model, "eager" if needs_teacher else fast_attention(device))
         model.train()
+        first = 0
+        if saved is not None:  # the saved phase: load everything, then continue at its next step
+            tensors, masks, state = saved
+            model.load_state_dict(tensors, strict=True)
+            if recipe.pruner is not None:
+                recipe.pruner.masks = {k: m.to(device) for k, m in masks.items()}
+                recipe.pruner.current_sparsity = state["sparsity"]
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            set_rng_state(state["rng"])
+            batches = _BatchStream(make_train_loader, state["epoch"], state["index"])
+            step, first, history = state["step"], state["next_i"], state["history"]
+            best, best_any, step_time = state["best"], state["best_any"], state["step_time"]
+            saved = None
+            bar.update(step)
+            if hooks.on_resume:
+                hooks.on_resume(history)
         loss = None
-        for i in range(phase.steps):
+        for i in range(first, phase.steps):
             t0 = time.perf_counter()
             batch = to_device(next(batches), device)
             labels = batch.pop("labels")
@@ -329,8 +380,15 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
             if evaluating:
                 run_eval(phase.name, state_now(loss=loss.item(), **{k: v.item() for k, v in parts.items()},
                                                p=p, lr=scheduler.get_last_lr()[0]))
+            if ckpt is not None and ckpt.due():
+                save_state(phase_index, i + 1, optimizer, scheduler)
+                if ckpt.preempted:
+                    restore_sigterm()
+                    raise Preempted(f"stopped by SIGTERM at step {step}; its state is in {ckpt.directory}: "
+                                    f"run the same command again to continue")
         last = run_eval(phase.name, state_now())
     bar.close()
+    restore_sigterm()
     if last is None:  # a recipe with no training (dense): evaluate as is
         last = run_eval("eval", {"p": 1.0, "sparsity": 0.0})
     if best is None:  # no evaluation at the final shape (a recipe that never reaches it): say so, keep the last

@@ -65,6 +65,12 @@ class RunConfig:
     # Minutes between mid-training checkpoints of the whole training state (also written at SIGTERM); a re-run
     # of an interrupted cell continues from the newest one (harness/resume.py). 0: only at SIGTERM.
     checkpoint_minutes: float = 30.0
+    # False: the run directory keeps everything but model/ (the weights), so a grid output stays a few MB and
+    # can be committed or carried to a fresh machine; tables, status and plots need no weights.
+    save_model: bool = True
+    # True: torch's deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG) on CUDA, so a teacher retrained on
+    # another machine of the same kind is the same teacher. Slower; the CPU is deterministic anyway.
+    deterministic: bool = False
     settings: dict = field(default_factory=dict)   # method-specific settings
 
     def validate(self) -> tuple[Task, object, object]:
@@ -129,10 +135,21 @@ class TaskData:
 
 def teacher_fields(cfg: RunConfig) -> dict:
     """Everything the teacher depends on except the data's content (see teacher_key)."""
-    return {"format": TEACHER_FORMAT, "model": cfg.model, "task": get_task(cfg.task).name,
+    fields = {"format": TEACHER_FORMAT, "model": cfg.model, "task": get_task(cfg.task).name,
               "lr": cfg.teacher_lr, "epochs": cfg.teacher_epochs, "batch_size": cfg.batch_size,
               "max_seq_length": cfg.max_seq_length, "pad": cfg.pad_to_max_length, "seed": cfg.seed,
               "max_train_examples": cfg.max_train_examples, "weight_decay": cfg.weight_decay}
+    if cfg.precision != "auto":  # only named when forced, so the keys of existing teachers stay
+        fields["precision"] = cfg.precision
+    return fields
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def teacher_identity(cfg: RunConfig) -> str:
@@ -163,7 +180,11 @@ def ensure_teacher(cfg: RunConfig, task: Task, td: TaskData, device, cache_dir: 
         with store.atomic_dir(teacher_dir) as tmp:
             recipe.model.save_pretrained(tmp / "model", safe_serialization=True)
             td.tokenizer.save_pretrained(tmp / "model")
-            store.write_json(tmp / "metrics.json", {"key": fields, "final": result.final, "best": result.best})
+            # The weights' checksum goes into every cell trained from this teacher: a grid resumed on a fresh
+            # machine retrains its teachers, and the cells then say whether theirs was the same one.
+            store.write_json(tmp / "metrics.json", {
+                "key": fields, "final": result.final, "best": result.best, "precision": result.precision,
+                "weights_sha256": file_sha256(tmp / "model" / "model.safetensors")})
         ckpt.discard()
     return teacher_dir
 
@@ -220,6 +241,9 @@ def _setup(cfg: RunConfig, cache_dir):
     task, method, settings = cfg.validate()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     device = models.pick_device(cfg.device)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for reproducible GEMMs
+    torch.use_deterministic_algorithms(cfg.deterministic)  # per run: one run's choice does not leak into the next
     tokenizer = models.load_tokenizer(cfg.model)
     td = TaskData(cfg, task, tokenizer, cache_dir)
     return task, method, settings, cache_dir, device, tokenizer, td
@@ -251,8 +275,9 @@ def run_cell(cfg: RunConfig, out_dir: str | os.PathLike, cache_dir: str | os.Pat
         result = _train(recipe, task, td, device, cfg, progress, history_file=tmp / "history.jsonl",
                         checkpoint=ckpt)
         final_model = recipe.export(recipe.model).cpu()
-        final_model.save_pretrained(tmp / "model", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "model")
+        if cfg.save_model:
+            final_model.save_pretrained(tmp / "model", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "model")
         with open(tmp / "predictions.jsonl", "w") as f:
             for idx, pred, label in zip(td.dev_idx, result.final_predictions.tolist(), td.dev["labels"]):
                 f.write(json.dumps({"idx": idx, "prediction": pred, "label": label}) + "\n")
@@ -272,6 +297,7 @@ def run_cell(cfg: RunConfig, out_dir: str | os.PathLike, cache_dir: str | os.Pat
                    "seed": cfg.seed, "metric": task.metric, "final": result.final, "best": result.best,
                    "best_any": result.best_any, "precision": result.precision,
                    "teacher": teacher_metrics["final"], "achieved_sparsity": sparsity["overall"],
+                   "teacher_weights_sha256": teacher_metrics.get("weights_sha256"),
                    "params": models.count_parameters(final_model),
                    "encoder_layers": final_model.config.num_hidden_layers}
         store.write_json(tmp / "metrics.json", metrics)  # last: marks the directory complete

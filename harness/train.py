@@ -130,7 +130,7 @@ def predict(model: nn.Module, loader, task: Task, device: torch.device,
 
     The encoder runs under the run's precision; the pooler and classifier run in fp32, so scores do not tie
     (bf16 has 8 bits of mantissa) and the saved metric is what the saved checkpoint gives."""
-    was_training = model.training
+    was_training, attention = model.training, model.config._attn_implementation
     model.eval()
     grafting.use_students(model, True)
     set_attention(model, fast_attention(device))
@@ -144,7 +144,7 @@ def predict(model: nn.Module, loader, task: Task, device: torch.device,
             logits = model.classifier(model.bert.pooler(hidden.float()))
         preds.append(logits.view(-1) if task.is_regression else logits.argmax(-1))
         refs.append(labels)
-    set_attention(model, "eager")
+    set_attention(model, attention)
     model.train(was_training)
     return torch.cat(preds).cpu().numpy(), torch.cat(refs).cpu().numpy()
 

@@ -18,7 +18,7 @@ from harness import data, models
 from harness.recipe import BuildContext, stray_tensors
 from harness.registry import get_method, make_settings, use_plugins
 from harness.tasks import get_task
-from harness.train import Hooks, LoopConfig, evaluate, resolve_precision, train
+from harness.train import Hooks, LoopConfig, evaluate, resolve_precision, set_attention, train
 from spd.pruning import PRUNED_MATRICES
 from tests.conftest import REPO, tiny_bert
 from tests.helpers import fast_run
@@ -203,3 +203,15 @@ def test_an_explicit_cuda_index_places_everything_on_that_gpu(tmp_path, cache_di
     out = tmp_path / "run"
     assert fast_run("spd", "rte", out, cache_dir, settings=LONG_PRUNING, extra=[f"device=cuda:{index}"]) == 0
     assert "cuda" in json.loads((out / "manifest.json").read_text())["device"]
+
+
+def test_evaluation_leaves_the_attention_implementation_as_it_found_it():
+    model = tiny_bert()
+    task = get_task("rte")
+    ids = torch.randint(5, 200, (4, 8))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+             "labels": torch.zeros(4, dtype=torch.long)}
+    for implementation in ("sdpa", "eager"):
+        set_attention(model, implementation)
+        evaluate(model, [batch], task, torch.device("cpu"))
+        assert model.config._attn_implementation == implementation

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output directory")
     run.add_argument("--cache", help="teacher/tokenization cache (default: $SPD_BENCH_CACHE or ~/.cache/spd-bench)")
     run.add_argument("--executor", choices=["local", "slurm"], default="local", help="grid executor")
+    run.add_argument("--workers-per-gpu", type=int, metavar="N",
+                     help="grid, local executor: cells run at once on each visible GPU (default: the config's, 1)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--plugin", action="append", default=[], metavar="FILE",
                      help="a one-file method plugin to load (repeatable)")

@@ -13,10 +13,11 @@ every cell directory is renamed into place only when complete. One runner per ou
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import sys
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -97,16 +98,6 @@ def execute_teacher(cfg: RunConfig, out: str, progress: bool = False) -> str | N
         return f"{type(err).__name__}: {err}"
 
 
-def _run_list(cells: list[RunConfig], out: str, device: str | None) -> list[dict]:
-    results = []
-    for cfg in cells:
-        if device:
-            cfg = dataclasses.replace(cfg, device=device)
-        if execute_teacher(cfg, out) is None:
-            results.append(execute_cell(cfg, out))
-    return results
-
-
 def _teacher_jobs(cells: list[Cell]) -> list[RunConfig]:
     """One representative config per distinct teacher."""
     from harness.run import teacher_identity
@@ -119,16 +110,19 @@ def _teacher_jobs(cells: list[Cell]) -> list[RunConfig]:
     return jobs
 
 
-def run_local(todo: list[Cell], out: Path, progress: bool) -> None:
+def worker_devices(workers_per_gpu: int) -> list[str | None]:
+    """One entry per worker process: every visible GPU `workers_per_gpu` times; on a CPU machine, the CPU."""
     import torch
     gpus = torch.cuda.device_count()
-    if gpus > 1:  # one worker per visible GPU, cells dealt round-robin after the teachers
-        with ProcessPoolExecutor(gpus) as pool:
-            teachers = _teacher_jobs(todo)
-            list(pool.map(_run_teachers, [teachers[i::gpus] for i in range(gpus)], [str(out)] * gpus,
-                          [f"cuda:{i}" for i in range(gpus)]))
-            list(pool.map(_run_list, [[c.cfg for c in todo[i::gpus]] for i in range(gpus)], [str(out)] * gpus,
-                          [f"cuda:{i}" for i in range(gpus)]))
+    if gpus:
+        return [f"cuda:{i}" for i in range(gpus) for _ in range(workers_per_gpu)]
+    return [None] * workers_per_gpu
+
+
+def run_local(todo: list[Cell], out: Path, progress: bool, workers_per_gpu: int = 1) -> None:
+    devices = worker_devices(workers_per_gpu)
+    if len(devices) > 1:
+        run_pool(todo, out, devices, progress)
         return
     teacher_errors = {}
     from harness.run import teacher_identity
@@ -148,8 +142,50 @@ def run_local(todo: list[Cell], out: Path, progress: bool) -> None:
             tqdm.write(f"FAILED {cell.cell_id}: {result['error']}", file=sys.stderr)
 
 
-def _run_teachers(cfgs: list[RunConfig], out: str, device: str | None) -> list:
-    return [execute_teacher(dataclasses.replace(c, device=device) if device else c, out) for c in cfgs]
+_WORKER_DEVICE: str | None = None   # the device slot a pool worker took when it started
+
+
+def _init_worker(slots, threads: int) -> None:
+    global _WORKER_DEVICE
+    _WORKER_DEVICE = slots.get()
+    import torch
+    torch.set_num_threads(threads)  # workers share the machine's cores instead of each taking all of them
+
+
+def _on_worker_device(job, cfg: RunConfig, out: str):
+    return job(dataclasses.replace(cfg, device=_WORKER_DEVICE) if _WORKER_DEVICE else cfg, out)
+
+
+def run_pool(todo: list[Cell], out: Path, devices: list[str | None], progress: bool) -> None:
+    """Several cells at once: one worker process per entry of `devices` (a small model keeps one GPU well under
+    full use from one process). Teachers first, then the cells; every cell is still its own atomic directory,
+    so a killed pool loses only the cells in flight. Workers are spawned, not forked (CUDA cannot be forked)."""
+    import multiprocessing
+
+    from harness.run import teacher_identity
+    context = multiprocessing.get_context("spawn")
+    slots = context.Queue()
+    for device in devices:
+        slots.put(device)
+    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    with ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_worker,
+                             initargs=(slots, threads)) as pool:
+        teachers = {pool.submit(_on_worker_device, execute_teacher, cfg, str(out)): cfg
+                    for cfg in _teacher_jobs(todo)}
+        errors = {}
+        for done in tqdm(as_completed(teachers), total=len(teachers), desc="teachers", disable=not progress):
+            errors[teacher_identity(teachers[done])] = done.result()
+        cells = {}
+        for cell in todo:
+            error = errors.get(teacher_identity(cell.cfg))
+            if error:
+                store.write_json(failed_file(out, cell), {"id": cell.cell_id, "error": f"teacher failed: {error}"})
+            else:
+                cells[pool.submit(_on_worker_device, execute_cell, cell.cfg, str(out))] = cell
+        for done in tqdm(as_completed(cells), total=len(cells), desc="cells", disable=not progress):
+            result = done.result()
+            if result["status"] == "failed":
+                tqdm.write(f"FAILED {result['id']}: {result['error']}", file=sys.stderr)
 
 
 def run_slurm(todo: list[Cell], out: Path, opts: dict, cluster: str | None = None) -> None:
@@ -170,7 +206,7 @@ def run_slurm(todo: list[Cell], out: Path, opts: dict, cluster: str | None = Non
 
 
 def run_grid(grid: Grid, out: Path, executor: str = "local", progress: bool = True,
-             slurm: dict | None = None, cluster: str | None = None) -> dict:
+             slurm: dict | None = None, cluster: str | None = None, workers_per_gpu: int | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / ".runner.lock"))
     try:
@@ -189,7 +225,7 @@ def run_grid(grid: Grid, out: Path, executor: str = "local", progress: bool = Tr
         if executor == "slurm":
             run_slurm(todo, out, slurm or {}, cluster=cluster)
         else:
-            run_local(todo, out, progress)
+            run_local(todo, out, progress, workers_per_gpu or grid.workers_per_gpu)
         states = [cell_state(out, c) for c in grid.cells]
         return {"cells": len(grid.cells), "done": states.count("done"), "failed": states.count("failed"),
                 "skipped": skipped}
@@ -211,7 +247,10 @@ def run_grid_command(args) -> int:
         raise UserError("key=value settings go into the grid config, not the command line")
     out = Path(args.out or f"runs/{grid.name}")
     slurm = {k: getattr(args, k, None) for k in ("partition", "time", "gpus", "cpus", "parallelism")}
-    summary = run_grid(grid, out, args.executor, progress=not args.quiet, slurm=slurm)
+    if args.workers_per_gpu is not None and args.workers_per_gpu < 1:
+        raise UserError(f"--workers-per-gpu must be at least 1, got {args.workers_per_gpu}")
+    summary = run_grid(grid, out, args.executor, progress=not args.quiet, slurm=slurm,
+                       workers_per_gpu=args.workers_per_gpu)
     print(f"{grid.name}: {summary['done']}/{summary['cells']} cells done, {summary['failed']} failed "
           f"({summary['skipped']} were already done) -> {out}")
     from harness.tables import write_grid_tables

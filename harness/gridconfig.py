@@ -13,6 +13,7 @@
       rte: {settings: {p0: 0.6}, run: {eval_steps: 50}}
     plugins: [my_method.py]     # optional: one-file method plugins, relative to this file
     tables: [1]                 # paper tables written after the grid runs
+    workers_per_gpu: 1          # cells at once per visible GPU (--workers-per-gpu overrides)
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from harness.run import RunConfig, run_config_fields
 from harness.tasks import get_task
 
 TOP_KEYS = {"name", "description", "model", "glue_dir", "seeds", "tasks", "run", "methods", "task_overrides",
-            "tables", "plugins"}
+            "tables", "plugins", "workers_per_gpu"}
 METHOD_KEYS = {"method", "sparsity", "settings", "run", "tasks"}
 OVERRIDE_KEYS = {"settings", "run"}
 # Fields that do not change what a cell computes, so they stay out of its key.
@@ -59,6 +60,7 @@ class Grid:
     cells: list[Cell]
     tables: list[int]
     source: dict
+    workers_per_gpu: int = 1     # cells run at once on each visible GPU (the CPU counts as one)
 
 
 def _check_keys(where: str, got: dict, allowed: set[str]) -> None:
@@ -123,4 +125,8 @@ def load_grid(path: str | Path, seeds: int | None = None, glue_dir: str | None =
     ids = [c.cell_id for c in cells]
     if len(set(ids)) != len(ids):
         raise UserError(f"{path}: the same cell appears twice")
-    return Grid(name=raw.get("name", path.stem), cells=cells, tables=list(raw.get("tables") or []), source=raw)
+    workers = raw.get("workers_per_gpu", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise UserError(f"{path}: workers_per_gpu must be a whole number >= 1, got {workers!r}")
+    return Grid(name=raw.get("name", path.stem), cells=cells, tables=list(raw.get("tables") or []), source=raw,
+                workers_per_gpu=workers)

@@ -70,6 +70,7 @@ class BuildContext:
     steps_per_epoch: int
     sparsity: float
     seed: int
+    load_pretrained: Callable[[], PreTrainedModel] | None = None  # the pre-trained (not fine-tuned) model
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:

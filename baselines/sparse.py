@@ -20,7 +20,7 @@ from spd.pruning import MagnitudePruner, encoder_layers, prunable_matrices
 
 
 @register_method("sparse-kd", settings=SPDSettings, uses_teacher_for_loss=True,
-                 description="SparseBERT / Sparse + KD: SPD's pruning and KD, no grafting")
+                 description="Sparse + KD (SPD without grafting); student_init=pretrained: SparseBERT")
 def build_sparse_kd(settings: SPDSettings, ctx: BuildContext) -> Recipe:
     return sparse_student_recipe(ctx, resolve(settings, ctx.task.name, ctx.sparsity), kd=True, grafted=False)
 

@@ -1,8 +1,11 @@
 """Sparse baselines built from SPD's parts: same pruner, same schedule, same matrices.
 
 - sparse-ft:          a plain copy of the teacher, pruned while fine-tuning on the labels, every weight trains
-- sparse-kd:          SparseBERT's knowledge-aware pruning = SPD without grafting (student modules always in
-                      place), SPD's layer-wise KD from the teacher (Table 1 "SparseBERT" = Table 3 "Sparse + KD")
+- sparse-kd:          SPD without grafting (student modules always in place), SPD's layer-wise KD from the
+                      fine-tuned teacher. student_init=finetuned (default): the students start from the
+                      fine-tuned layers, Table 3's ablation "Sparse + KD"; student_init=pretrained: they start
+                      from the pre-trained model's layers, SparseBERT (Xu et al. 2021: the pruned pre-trained
+                      BERT is the student of the fine-tuned teacher), Tables 1 and 2's "SparseBERT" rows
 - sparse-progressive: SPD's pruning and grafting schedule on the task loss alone (Table 3 "Sparse + Progressive")
 """
 from __future__ import annotations
@@ -17,15 +20,15 @@ from spd.pruning import MagnitudePruner, encoder_layers, prunable_matrices
 
 
 @register_method("sparse-kd", settings=SPDSettings, uses_teacher_for_loss=True,
-                 description="SparseBERT / Sparse + KD: SPD's pruning and KD, no grafting")
+                 description="Sparse + KD (SPD without grafting); student_init=pretrained: SparseBERT")
 def build_sparse_kd(settings: SPDSettings, ctx: BuildContext) -> Recipe:
-    return sparse_student_recipe(ctx, resolve(settings, ctx.task.name), kd=True, grafted=False)
+    return sparse_student_recipe(ctx, resolve(settings, ctx.task.name, ctx.sparsity), kd=True, grafted=False)
 
 
 @register_method("sparse-progressive", settings=SPDSettings,
                  description="Sparse + Progressive: SPD's pruning and grafting schedule, task loss only, no KD")
 def build_sparse_progressive(settings: SPDSettings, ctx: BuildContext) -> Recipe:
-    return sparse_student_recipe(ctx, resolve(settings, ctx.task.name), kd=False, grafted=True)
+    return sparse_student_recipe(ctx, resolve(settings, ctx.task.name, ctx.sparsity), kd=False, grafted=True)
 
 
 @dataclass
@@ -45,7 +48,7 @@ class SparseFTSettings:
 def build_sparse_ft(settings: SparseFTSettings, ctx: BuildContext) -> Recipe:
     r = resolve(SPDSettings(prune_epochs=settings.prune_epochs, graft_epochs=settings.graft_epochs,
                             finetune_epochs=settings.finetune_epochs, num_prune_events=settings.num_prune_events),
-                ctx.task.name)
+                ctx.task.name, ctx.sparsity)
     t1, _, t3 = stage_steps(r, ctx)
     model = ctx.teacher
     pruner = MagnitudePruner(prunable_matrices(encoder_layers(model)), ctx.sparsity, prune_steps=t1,
@@ -53,6 +56,6 @@ def build_sparse_ft(settings: SparseFTSettings, ctx: BuildContext) -> Recipe:
     phases = [Phase("pruning", t1, settings.lr, all_parameters, settings.warmup_ratio),
               Phase("finetuning", t3 - t1, settings.lr, all_parameters, settings.warmup_ratio)]
     return Recipe(model=model, phases=[p for p in phases if p.steps > 0], loss=TaskLoss(ctx.task.is_regression),
-                  pruner=pruner,
+                  pruner=pruner, final_shape=lambda t: t >= pruner.last_event_step,
                   info={"lr": settings.lr, "prune_epochs": r["prune_epochs"],
                         "finetune_epochs": r["graft_epochs"] + r["finetune_epochs"], "stage_ends": [t1, t3]})

@@ -28,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, bench_parser, machine, section_header, publish  # noqa: E402
 
+# Theseus measured as replacing + compact fine-tuning: its two-phase recipe (the official one is one phase)
+TWO_PHASE = {"recipe": "two-phase"}
+
 # name -> (method, phase index, how the slots are drawn). Grafted recipes are measured at their worst draw:
 # every module that trains is in the path and everything after it keeps activations for the backward pass.
 VARIANTS = {
@@ -91,7 +94,7 @@ def child(variant: str, model_name: str, task_name: str, batch: int, seq: int, s
         method = get_method(method_name)
         ctx = BuildContext(teacher=teacher, task=task, steps_per_epoch=2490 // batch,
                            sparsity=0.9 if method.prunes else 0.0, seed=42)
-        recipe = method.build(make_settings(method, {}), ctx)
+        recipe = method.build(make_settings(method, TWO_PHASE if method_name == "theseus" else {}), ctx)
         phase = recipe.phases[phase_index]
         if phase.before is not None:    # Theseus's compact phase: its surgery before, as the loop would
             recipe.model = phase.before(recipe.model)

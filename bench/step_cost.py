@@ -210,6 +210,8 @@ def measure(steps: dict, batch, reps: int, warmup: int, threads: int) -> dict:
 
 
 # (label, method, phase index, fixed grafting p or None for the recipe's schedule from step 0)
+# Theseus measured as replacing + compact fine-tuning: its two-phase recipe (the official one is one phase)
+TWO_PHASE = {"recipe": "two-phase"}
 METHOD_VARIANTS = [
     ("plain fine-tuning (teacher)", "dense-ft", 0, None),
     ("spd, pruning stage (p = p0)", "spd", 0, None),
@@ -251,7 +253,7 @@ def method_steps(pretrained, task, batch, steps: int, rounds: int) -> list[list]
                 method = get_method(name)
                 ctx = BuildContext(teacher=teacher, task=task, steps_per_epoch=2490 // len(batch["labels"]),
                                    sparsity=0.9 if method.prunes else 0.0, seed=42)
-                recipe = method.build(make_settings(method, {}), ctx)
+                recipe = method.build(make_settings(method, TWO_PHASE if name == "theseus" else {}), ctx)
                 phase = recipe.phases[phase_index]
                 if phase.before is not None:     # surgery (Theseus: drop the predecessors) outside the timing
                     recipe.model = phase.before(recipe.model)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from harness import store
 from harness.errors import UserError
 from harness.gridconfig import Cell, Grid, load_grid
-from harness.results import read_history
+from harness.results import best_at_final_shape, read_history
 from harness.run import RunConfig, prepare_teacher, run_cell
 
 REQUIRED_METRICS = ("task", "method", "final", "best", "teacher", "params", "achieved_sparsity")
@@ -260,9 +260,9 @@ def run_grid_command(args) -> int:
 
 
 def cell_summary(run_dir: Path) -> dict:
-    """A finished cell at a glance: final and best dev score, the last train-subset score and its gap to dev
-    (the paper's Figure 5 in one number), and wall time. Missing pieces (a run without train evaluation,
-    an older manifest) are None."""
+    """A finished cell at a glance: final dev score, best dev score at final shape (harness.results: how it
+    was found), the last train-subset score and its gap to dev (the paper's Figure 5 in one number), and wall
+    time. Missing pieces (a run without train evaluation, an older manifest) are None."""
     metrics = store.read_json(run_dir / "metrics.json")
     last = next((e for e in read_history(run_dir) if e["step"] == metrics["final"]["step"]), {})
     train = last["train"]["score"] if last.get("train") else None
@@ -271,7 +271,8 @@ def cell_summary(run_dir: Path) -> dict:
         seconds = store.read_json(run_dir / "manifest.json").get("seconds")
     except (OSError, ValueError):
         seconds = None
-    return {"final": final, "best": metrics["best"]["dev"]["score"], "best_step": metrics["best"]["step"],
+    best = best_at_final_shape(run_dir, metrics)
+    return {"final": final, "best": best["score"], "best_step": best["step"], "best_source": best["source"],
             "train": train, "gap": None if train is None else train - final, "seconds": seconds}
 
 
@@ -286,15 +287,17 @@ def cmd_status(args) -> int:
         detail = [""] * 6
         if state == "done":
             s = cell_summary(cell_dir(out, cell))
-            detail = [f"{s['final']:.2f}", f"{s['best']:.2f} @ {s['best_step']}",
+            detail = [f"{s['final']:.2f}", f"{s['best']:.2f} @ {s['best_step']}"
+                      + ("" if s["best_source"] == "recorded" else f" ({s['best_source']})"),
                       "" if s["train"] is None else f"{s['train']:.2f}",
                       "" if s["gap"] is None else f"{s['gap']:+.2f}",
                       "" if s["seconds"] is None else f"{s['seconds'] / 60:.1f}", ""]
         elif state == "failed":
             detail[-1] = store.read_json(failed_file(out, cell)).get("error", "")[:100]
         rows.append([cell.cfg.task, cell.cfg.method, f"{cell.cfg.sparsity:g}", cell.cfg.seed, state, *detail])
-    print(tabulate(rows, headers=["task", "method", "sparsity", "seed", "state", "dev (final)", "dev (best @ step)",
-                                  "train", "train-dev", "minutes", "error"], disable_numparse=True))
+    print(tabulate(rows, headers=["task", "method", "sparsity", "seed", "state", "dev (final)",
+                                  "dev (best at final shape @ step)", "train", "train-dev", "minutes", "error"],
+                   disable_numparse=True))
     print(f"{meta['name']}: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending "
           f"of {len(cells)}")
     return 0
@@ -310,7 +313,7 @@ def cmd_plan(args) -> int:
 
 def cmd_table(args) -> int:
     from harness.tables import render_table
-    text = render_table(int(args.number), Path(args.out_dir))
+    text = render_table(int(args.number), Path(args.out_dir), args.report)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         store.write_text(args.out, text)
@@ -335,4 +338,6 @@ def add_grid_commands(sub) -> None:
     table.add_argument("number", choices=["1", "2", "3"])
     table.add_argument("out_dir")
     table.add_argument("--out", help="write the markdown here instead of stdout")
+    table.add_argument("--report", choices=["best", "final"], default="best",
+                       help="best dev score at final shape (the paper's protocol, default) or the final one")
     table.set_defaults(func=cmd_table)

@@ -1,13 +1,30 @@
-"""Reading finished results out of a grid output directory (or any directory of run directories)."""
+"""Reading finished results out of a grid output directory (or any directory of run directories).
+
+Two reporting protocols (docs/spd.md, "Reported number"): `final`, the dev score of the model the run ends
+with, and `best`, the best dev score among the evaluations of the model at its final shape (at the target
+sparsity; Theseus: once the predecessors are no longer drawn), the official code's protocol. Runs record the
+latter in metrics.json "best" (and the best over every evaluation in "best_any"); for run directories written
+before that, `best_at_final_shape` recomputes it from history.jsonl and says so.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import store
 
 REQUIRED = ("task", "method", "model", "sparsity", "seed", "final", "params")
+REPORTS = ("best", "final")
+# Where a result's `best` comes from:
+BEST_SOURCES = {
+    "recorded": "best at final shape, as the run recorded it",
+    "history": "older run: recomputed from history.jsonl (evaluations at the target sparsity / p = 1)",
+    "any": "older run without a usable history: its best over every evaluation, final shape or not",
+    "final": "no evaluation at final shape besides the last: the final score",
+}
+# Settings a run directory written before they existed implicitly had (their behaviour then).
+LEGACY_SETTINGS = {"theseus": {"recipe": "two-phase"}, "sparse-kd": {"student_init": "finetuned"}}
 
 
 @dataclass
@@ -17,9 +34,19 @@ class Result:
     model: str
     sparsity: float
     seed: int
-    score: float
+    score: float                 # final dev score
     nonzero_params: int
     run_dir: Path
+    best: float | None = None    # best dev score among evaluations at final shape (None: unknown, use score)
+    best_step: int | None = None
+    best_source: str = "final"
+    settings: dict = field(default_factory=dict)   # the run's method settings as resolved (config.json)
+
+    def value(self, report: str) -> float:
+        """The score the reporting protocol `report` ('best' or 'final') takes."""
+        if report == "final" or self.best is None:
+            return self.score
+        return self.best
 
     def predictions(self) -> tuple[list, list]:
         """(predictions, labels) of the dev set, in dev order."""
@@ -52,6 +79,58 @@ def read_history(run_dir: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def _legacy_final_shape(entry: dict, metrics: dict) -> bool | None:
+    """Whether an evaluation of a run written before history entries carried "final_shape" was at final shape
+    (None: the entry does not say). At the target sparsity; Theseus also needs p = 1 or the compact phase."""
+    if "final_shape" in entry:
+        return bool(entry["final_shape"])
+    if "sparsity" not in entry or "sparsity" not in metrics:
+        return None
+    at_target = float(entry["sparsity"]) >= float(metrics["sparsity"]) - 1e-6
+    if metrics.get("method") == "theseus":
+        return at_target and (float(entry.get("p", 0.0)) >= 1.0 or entry.get("phase") == "compact-finetuning")
+    return at_target
+
+
+def best_at_final_shape(run_dir: Path, metrics: dict) -> dict:
+    """{'score', 'step', 'source'}: the best dev score among the run's evaluations at final shape (the first
+    evaluation reaching it, as the loop keeps the first of equal scores); source is a key of BEST_SOURCES."""
+    final = {"score": float(metrics["final"]["dev"]["score"]), "step": metrics["final"].get("step"),
+             "source": "final"}
+    if "best_any" in metrics:   # the loop recorded the protocol itself
+        best = metrics.get("best")
+        if not best:
+            return final
+        return {"score": float(best["dev"]["score"]), "step": best.get("step"), "source": "recorded"}
+    history = read_history(Path(run_dir))
+    flags = [_legacy_final_shape(e, metrics) for e in history]
+    if history and all(f is not None for f in flags):
+        best = None
+        for entry, at_final in zip(history, flags):
+            if at_final and "dev" in entry and (best is None or entry["dev"]["score"] > best["score"]):
+                best = {"score": float(entry["dev"]["score"]), "step": entry["step"], "source": "history"}
+        return best or final
+    if metrics.get("best"):
+        return {"score": float(metrics["best"]["dev"]["score"]), "step": metrics["best"].get("step"),
+                "source": "any"}
+    return final
+
+
+def run_settings(run_dir: Path, method: str) -> dict:
+    """The method settings a run used: config.json's settings with what the recipe resolved on top; a setting
+    added after the run was made takes the value that describes what the code did then (LEGACY_SETTINGS)."""
+    try:
+        config = store.read_json(Path(run_dir) / "config.json")
+    except (OSError, ValueError):
+        config = {}
+    settings = {k: v for k, v in (config.get("settings") or {}).items() if v is not None}
+    settings.update({k: v for k, v in (config.get("resolved") or {}).items()
+                     if v is not None and not isinstance(v, (list, dict))})
+    for key, value in LEGACY_SETTINGS.get(method, {}).items():
+        settings.setdefault(key, value)
+    return settings
+
+
 def load_results(out: Path) -> list[Result]:
     """Every complete run directory under `out` (a corrupt metrics.json is skipped, never counted)."""
     results = []
@@ -63,8 +142,11 @@ def load_results(out: Path) -> list[Result]:
             m = store.read_json(metrics_file)
             if not all(k in m for k in REQUIRED):
                 continue
+            best = best_at_final_shape(run_dir, m)
             results.append(Result(m["task"], m["method"], m["model"], float(m["sparsity"]), int(m["seed"]),
-                                  float(m["final"]["dev"]["score"]), int(m["params"]["nonzero"]), run_dir))
+                                  float(m["final"]["dev"]["score"]), int(m["params"]["nonzero"]), run_dir,
+                                  best=best["score"], best_step=best["step"], best_source=best["source"],
+                                  settings=run_settings(run_dir, m["method"])))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return results

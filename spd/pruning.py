@@ -1,9 +1,16 @@
 """Gradual magnitude pruning (Zhu & Gupta 2018) of the student modules' weight matrices.
 
 Each matrix is pruned on its own to the same target (per-matrix top-k by magnitude, as the official
-code does), at a fixed number of pruning events spread evenly over the pruning stage, following the
-cubic schedule  s_k = s_f + (s_0 - s_f) * (1 - k/K)^3,  k = 1..K.  Masks only change at events and
-are re-applied after every optimizer step, so pruned weights stay exactly zero.
+code does), at pruning events following the cubic schedule  s_k = s_f + (s_0 - s_f) * (1 - k/K)^3,
+k = 1..K.  Masks only change at events and are re-applied after every optimizer step, so pruned
+weights stay exactly zero.
+
+Two event schedules (docs/spd.md, "Pruning events"):
+  event_steps           K events spread evenly over the pruning stage, the K-th at its last step
+                        (the paper: the target is reached when the pruning stage ends, §3.2.2, Fig. 8)
+  official_event_steps  the released run_glue.py's arithmetic (lines 702-704 and Prune, lines 140-165):
+                        events every freq = int(n/32 * epochs/12) steps while t < int(n/B) * epochs, and
+                        K = that stage length // freq (11, not 12, on the six GLUE tasks it hard-codes)
 """
 from __future__ import annotations
 
@@ -53,19 +60,52 @@ def event_steps(prune_steps: int, num_events: int) -> list[int]:
     return [max(1, round(k * prune_steps / num_events)) for k in range(1, num_events + 1)]
 
 
+# The official code divides the training-set size by a literal 32 (its README's batch size) for `freq`.
+OFFICIAL_FREQ_BATCH = 32
+
+
+def official_event_steps(train_examples: float, steps_per_epoch: int, prune_epochs: float,
+                         num_events: int = 12) -> tuple[list[int], int]:
+    """(event steps, K) of the official code's pruner, counted in optimizer steps as the loop counts them.
+
+    run_glue.py builds `Prune(model, 0, num_steps_per_epoch * num_prune_epochs, freq, ...)` with
+    num_steps_per_epoch = int(n / batch) (lines 687-688, our `steps_per_epoch`) and
+    freq = int((n / 32) * num_prune_epochs / 12) (line 702). `Prune.prune()` runs after every optimizer step
+    with t = the step count and re-masks when 0 < t < sparse_step and t % freq == 0 (lines 140-144, 156-160),
+    at sparsity s_f * (1 - (1 - (t // freq) / (sparse_step // freq))^3) (lines 163-165). So event k fires
+    after step k * freq, K = sparse_step // freq, and only the events with k * freq < sparse_step happen: when
+    freq divides sparse_step the K-th never fires and the target is never quite reached. A freq of 0 (a
+    stage shorter than 12 steps; the official code divides by zero there) is taken as 1.
+    """
+    sparse_step = steps_per_epoch * prune_epochs
+    freq = max(1, int(train_examples / OFFICIAL_FREQ_BATCH * prune_epochs / num_events))
+    total = int(sparse_step // freq)
+    steps = [k * freq for k in range(1, total + 1) if k * freq < sparse_step]
+    return steps, total
+
+
 class MagnitudePruner:
     """Holds the masks of a set of matrices and moves them along the cubic schedule."""
 
     def __init__(self, weights: dict[str, nn.Parameter], final_sparsity: float, prune_steps: int,
-                 num_events: int = 12, initial_sparsity: float = 0.0):
+                 num_events: int = 12, initial_sparsity: float = 0.0, event_at: list[int] | None = None):
+        """Events 1..K (K = num_events) fire after the steps `event_steps(prune_steps, K)` gives, or after the
+        steps `event_at` lists for events 1..len(event_at) (official_event_steps: possibly fewer than K, and
+        then the target is never reached, as in the official code)."""
         if not 0.0 <= final_sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {final_sparsity}")
         self.weights = weights
         self.final_sparsity = final_sparsity
         self.initial_sparsity = initial_sparsity
         self.num_events = num_events
+        if event_at is None:
+            event_at = event_steps(prune_steps, num_events)
+        elif len(event_at) > num_events:
+            raise ValueError(f"{len(event_at)} event steps for {num_events} events")
         # Several events may round to the same step on a very short stage: the last (highest) one wins.
-        self.schedule = {step: k for k, step in enumerate(event_steps(prune_steps, num_events), start=1)}
+        self.schedule = {step: k for k, step in enumerate(event_at, start=1)}
+        # The step after which the masks stop changing: the model has its final shape from there on.
+        self.last_event_step = max(self.schedule, default=0)
         self.masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
         self.current_sparsity = initial_sparsity
 

@@ -8,7 +8,7 @@ FAST_SPD = ["prune_epochs=1", "graft_epochs=1", "finetune_epochs=1", "lr=1e-3"]
 FAST_SETTINGS = {
     "spd": FAST_SPD, "sparse-kd": FAST_SPD, "sparse-progressive": FAST_SPD,
     "sparse-ft": ["prune_epochs=1", "graft_epochs=1", "finetune_epochs=1", "lr=1e-3"],
-    "theseus": ["replace_epochs=1", "finetune_epochs=1", "lr=1e-3"],
+    "theseus": ["epochs=2", "lr=1e-3"],
     "dense": [],
 }
 

@@ -142,8 +142,8 @@ def test_cell_summary_takes_the_train_score_of_the_final_evaluation(tmp_path):
         {"step": 20, "dev": {"score": 70.0}, "train": {"score": 85.0}},
         {"step": 20, "dev": {"score": 70.0}, "train": {"score": 90.0}}]) + "\n")
     (run / "manifest.json").write_text(json.dumps({"seconds": 90.0}))
-    assert cell_summary(run) == {"final": 70.0, "best": 75.0, "best_step": 10, "train": 90.0, "gap": 20.0,
-                                 "seconds": 90.0}
+    assert cell_summary(run) == {"final": 70.0, "best": 75.0, "best_step": 10, "best_source": "any", "train": 90.0,
+                                 "gap": 20.0, "seconds": 90.0}
     (run / "history.jsonl").write_text(json.dumps({"step": 20, "dev": {"score": 70.0}}) + "\n")
     (run / "manifest.json").unlink()
     summary = cell_summary(run)

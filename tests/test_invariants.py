@@ -109,7 +109,7 @@ def test_sparse_methods_reach_exact_sparsity(setting):
 
 
 def test_theseus_keeps_predecessors_and_trains_successors(setting):
-    recipe = build("theseus", setting, replace_epochs=1, finetune_epochs=0, lr=1e-3)
+    recipe = build("theseus", setting, epochs=1, lr=1e-3)
     model = recipe.model
     before = state(model)
     fit(recipe, setting)
@@ -131,7 +131,7 @@ def test_theseus_keeps_predecessors_and_trains_successors(setting):
 
 
 def test_theseus_compact_finetuning_trains_the_compact_model(setting):
-    recipe = build("theseus", setting, replace_epochs=1, finetune_epochs=1, lr=1e-3)
+    recipe = build("theseus", setting, recipe="two-phase", replace_epochs=1, finetune_epochs=1, lr=1e-3)
     fit(recipe, setting)
     assert not grafting.slots(recipe.model)
     assert recipe.model.config.num_hidden_layers == 2

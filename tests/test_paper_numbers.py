@@ -75,7 +75,7 @@ def test_table_columns_exact():
 
 @pytest.mark.parametrize("t,i,r", ALL_ROWS, ids=ROW_IDS)
 def test_row_schema(t, i, r):
-    allowed = {"label", "method", "kind", "params", "sparsity", "cells", "avg", "cells_mean", "note"}
+    allowed = {"label", "method", "settings", "kind", "params", "sparsity", "cells", "avg", "cells_mean", "note"}
     assert set(r) <= allowed, set(r) - allowed
     assert isinstance(r["label"], str) and r["label"]
     assert r["kind"] in ("reproduced", "cited")
@@ -91,6 +91,8 @@ def test_row_schema(t, i, r):
         assert isinstance(r["sparsity"], float) and 0 <= r["sparsity"] < 1
     if "note" in r:
         assert isinstance(r["note"], str) and len(r["note"]) > 20
+    if "settings" in r:
+        assert "method" in r and r["settings"] and all(isinstance(v, str) for v in r["settings"].values())
 
 
 def test_method_mapping():

@@ -33,7 +33,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[CUDA, needs_cuda])]
 # weights are (an event makes fresh masks on the weights' device, which hid the bug in short smoke runs).
 LONG_PRUNING = ["prune_epochs=4", "graft_epochs=1", "finetune_epochs=1", "lr=1e-3"]
 METHOD_SETTINGS = {"spd": LONG_PRUNING, "sparse-kd": LONG_PRUNING, "sparse-progressive": LONG_PRUNING,
-                   "sparse-ft": LONG_PRUNING, "theseus": ["replace_epochs=2", "finetune_epochs=1", "lr=1e-3"],
+                   "sparse-ft": LONG_PRUNING, "theseus": ["epochs=3", "lr=1e-3"],
                    "dense": [], "oneshot-kd": ["epochs=2"]}
 
 

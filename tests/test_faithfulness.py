@@ -202,7 +202,7 @@ def test_theseus_trains_only_successors_and_exports_the_compact_model():
     batches = [{"input_ids": torch.randint(5, 200, (4, 8), generator=g),
                 "attention_mask": torch.ones(4, 8, dtype=torch.long),
                 "labels": torch.randint(0, 2, (4,), generator=g)} for _ in range(2)]
-    train(recipe, get_task("rte"), lambda: iter(batches), batches, torch.device("cpu"),
+    train(recipe, get_task("rte"), lambda epoch: iter(batches), batches, torch.device("cpu"),
           LoopConfig(eval_steps=1000, progress=False))
     after = recipe.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}

@@ -19,10 +19,10 @@ def one_error_line(capsys) -> str:
 @pytest.mark.parametrize("argv, expected", [
     (["--task", "nope", "--method", "spd"], ["unknown task 'nope'", "cola", "mnli", "wnli"]),
     (["--task", "rte", "--method", "spdd"], ["unknown method 'spdd'", "sparse-kd", "theseus"]),
-    (["--task", "rte", "--method", "spd", "--sparsity", "1.0"], ["sparsity must be in [0, 1)"]),
-    (["--task", "rte", "--method", "spd", "--sparsity", "-0.1"], ["sparsity must be in [0, 1)"]),
+    (["--task", "rte", "--method", "spd", "--sparsity", "1.0"], ["sparsity: must be a number in [0, 1), got 1.0"]),
+    (["--task", "rte", "--method", "spd", "--sparsity", "-0.1"], ["sparsity: must be a number in [0, 1)"]),
     (["--task", "rte", "--method", "spd", "pzero=0.5"], ["unknown setting 'pzero'", "p0", "prune_epochs"]),
-    (["--task", "rte", "--method", "spd", "p0=high"], ["'p0' must be float"]),
+    (["--task", "rte", "--method", "spd", "p0=high"], ["p0: must be a number or null, got 'high'"]),
     (["--task", "rte", "--method", "spd", "preset=codez"], ["unknown SPD preset 'codez'", "official-code"]),
     (["--task", "rte", "--glue-dir", "/no/such/dir"], ["/no/such/dir does not exist"]),
 ])

@@ -65,6 +65,8 @@ def load_plugin_file(path: str | Path) -> None:
         return
     if not path.is_file():
         raise UserError(f"plugin file {path} not found")
+    if path.suffix != ".py":
+        raise UserError(f"plugin file {path} is not a Python file (.py)")
     _loaded_files.add(path)
     spec = importlib.util.spec_from_file_location(f"spd_bench_plugin_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)

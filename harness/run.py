@@ -93,7 +93,7 @@ class RunConfig:
         return task, method, settings
 
     def key(self) -> str:
-        return config_key(dataclasses.asdict(self))
+        return config_key(dataclasses.asdict(self), type(self))
 
 
 def run_config_fields() -> set[str]:
@@ -162,6 +162,10 @@ def claim_out_dir(out_dir: str | os.PathLike, cfg: RunConfig) -> Path:
         raise UserError(f"output directory {out} holds a finished run of another config; nothing was run: "
                         f"choose another output directory (a run replaces only a run of its own config)")
     return out
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SPD_BENCH_CACHE", Path.home() / ".cache" / "spd-bench"))
 
 
 class TaskData:

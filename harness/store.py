@@ -105,6 +105,15 @@ def _files(root: Path) -> list[str]:
     return sorted(found)
 
 
+def _conventional_modes(root: Path) -> None:
+    """Files 0666 and directories 0777 less the umask, whatever wrote them (safetensors saves 0600)."""
+    mask = umask()
+    for dirpath, _, names in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in names:
+            os.chmod(Path(dirpath) / name, 0o666 & ~mask)
+
+
 def write_record(root: Path) -> None:
     """The completion record of a finished directory: every file's size and sha256."""
     files = {rel: {"size": (root / rel).stat().st_size, "sha256": _sha256(root / rel)} for rel in _files(root)}
@@ -214,6 +223,7 @@ def atomic_dir(final: str | os.PathLike):
     tmp = make_private_dir(final.parent, final.name)
     try:
         yield tmp
+        _conventional_modes(tmp)
         write_record(tmp)
         if final.is_dir() and not final.is_symlink() and not any(final.iterdir()):
             final.rmdir()

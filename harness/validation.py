@@ -125,10 +125,14 @@ def check_fields(cls: type, values: dict, where: str = "") -> dict:
 
 def build(cls: type, values: dict, where: str = ""):
     """An instance of the dataclass `cls` from validated `values` (its __post_init__ checks run too)."""
+    checked = check_fields(cls, values, where)
+    head = where.rstrip(".: ")
     try:
-        return cls(**check_fields(cls, values, where))
+        return cls(**checked)
     except TypeError as err:   # a required field without a value
-        raise UserError(f"{where}{err}") from None
+        raise UserError(f"{head + ': ' if head else ''}{err}") from None
+    except UserError as err:   # the class's own checks (__post_init__): say where the values came from
+        raise UserError(f"{head + ': ' if head else ''}{err}") from None
 
 
 def _loc(loc: tuple) -> str:
@@ -161,7 +165,8 @@ def model_error(err: ValidationError, where: str, model: type[BaseModel]) -> Use
                 inner = [a for a in typing.get_args(field.annotation) or [field.annotation]
                          if isinstance(a, type) and issubclass(a, BaseModel)]
                 parent = inner[0] if inner else parent
-        return UserError(f"{where}: {_loc(loc)}: unknown key; valid: {', '.join(parent.model_fields)}")
+        inside = f"{_loc(loc[:-1])}: " if loc[:-1] else ""
+        return UserError(f"{where}: {inside}unknown key {loc[-1]!r}; valid: {', '.join(parent.model_fields)}")
     if kind == "literal_error":
         message = f"must be {ctx['expected']}"
     elif kind in ("greater_than_equal", "greater_than", "less_than", "less_than_equal"):

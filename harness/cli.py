@@ -31,7 +31,10 @@ def parse_overrides(pairs: list[str], method_name: str) -> tuple[dict, dict]:
         if not sep or not key:
             raise UserError(f"expected key=value, got {pair!r}")
         key = key.replace("-", "_")
-        value = yaml.safe_load(raw) if raw else None
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            value = raw   # not a YAML scalar ('p0=[0.5'): the setting's own check says what it must be
         if key in run_fields:
             run_over[key] = value
         elif key in setting_fields:
@@ -67,6 +70,7 @@ def cmd_run(args) -> int:
     cfg = RunConfig(task=args.task, method=args.method, model=args.model, sparsity=args.sparsity,
                     seed=args.seed, glue_dir=args.glue_dir, settings=settings)
     cfg = dataclasses.replace(cfg, **run_over)
+    cfg.validate()   # every mistake in one line now, before the output name is made from the values
     out = Path(args.out or f"runs/{cfg.task}-{cfg.method}-{Path(cfg.model).name}-s{cfg.sparsity:g}-seed{cfg.seed}")
     t0 = time.time()
     metrics = run_cell(cfg, out, cache_dir=args.cache, progress=not args.quiet)
@@ -90,13 +94,20 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+PLUGINS_ARE_CODE = ("Plugins are code: --plugin files, a grid's 'plugins:', the files in $SPD_BENCH_PLUGINS "
+                    "(separated by ':') and installed 'spd_bench.methods' entry points are imported and run in this "
+                    "process, with your rights, by run, plan and methods alike. Load only files you would run.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="spd-bench", description="Sparse Progressive Distillation benchmark harness")
+    p = _Parser(prog="spd-bench", description="Sparse Progressive Distillation benchmark harness",
+                epilog=PLUGINS_ARE_CODE)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run one cell (--task ...) or a grid (CONFIG.yaml)")
+    run = sub.add_parser("run", help="run one cell (--task ...) or a grid (CONFIG.yaml)", epilog=PLUGINS_ARE_CODE)
     run.add_argument("config", nargs="?", help="a grid config (YAML); omit to run a single cell")
-    run.add_argument("overrides", nargs="*", help="key=value run or method settings (e.g. p0=0.6 batch_size=16)")
+    run.add_argument("overrides", nargs="*", help="key=value run or method settings of a single run (e.g. p0=0.6 "
+                                                  "batch_size=16); a grid's settings go in its YAML")
     run.add_argument("--task")
     run.add_argument("--method", default="spd")
     run.add_argument("--model", default="bert-base-uncased", help="tiny, minilm, or a BERT name/path")
@@ -104,14 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--seeds", type=int, help="grid: number of seeds (overrides the config's list)")
     run.add_argument("--glue-dir", help="glue_data directory, or 'hub' (default: $GLUE_DIR, else built-in samples)")
-    run.add_argument("--out", help="output directory")
+    run.add_argument("--out", help="output directory: new, empty, or a finished run of the same config (replaced); "
+                                   "anything else is refused, nothing is ever deleted")
     run.add_argument("--cache", help="teacher/tokenization cache (default: $SPD_BENCH_CACHE or ~/.cache/spd-bench)")
     run.add_argument("--executor", choices=["local", "slurm"], default="local", help="grid executor")
     run.add_argument("--workers-per-gpu", type=int, metavar="N",
                      help="grid, local executor: cells run at once on each visible GPU (default: the config's, 1)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--plugin", action="append", default=[], metavar="FILE",
-                     help="a one-file method plugin to load (repeatable)")
+                     help="a one-file method plugin to load (repeatable); it is Python code, run in this process")
     run.add_argument("--partition", help="slurm: partition")
     run.add_argument("--time", type=int, help="slurm: time limit per job, minutes")
     run.add_argument("--gpus", type=int, help="slurm: GPUs per job (default 1)")
@@ -119,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--parallelism", type=int, help="slurm: array jobs at once (default 32)")
     run.set_defaults(func=cmd_run)
 
-    methods = sub.add_parser("methods", help="list registered methods and their settings")
-    methods.add_argument("--plugin", action="append", default=[], metavar="FILE")
+    methods = sub.add_parser("methods", help="list registered methods and their settings", epilog=PLUGINS_ARE_CODE)
+    methods.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                         help="a one-file method plugin to load (repeatable); it is Python code, run in this process")
     methods.set_defaults(func=cmd_methods)
     sub.add_parser("tasks", help="list GLUE tasks").set_defaults(func=cmd_tasks)
     from harness.grid import add_grid_commands
@@ -135,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra and getattr(args, "command", None) == "run" and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra   # key=value after an option: argparse leaves them over
+        elif extra:
+            raise UserError(f"unrecognized arguments: {' '.join(extra)} (see 'spd-bench --help')")
         if getattr(args, "command", None) == "run" and args.config and "=" in args.config:
             args.overrides.insert(0, args.config)
             args.config = None

@@ -23,8 +23,10 @@ import datasets
 import torch
 from transformers import DataCollatorWithPadding
 
+from harness import hub
 from harness.errors import UserError
 from harness.samples import SAMPLES_VERSION, make_samples
+from harness.store import umask
 from harness.tasks import STSB_MAX_SCORE, Task
 
 SAMPLES = 'samples'
@@ -56,6 +58,9 @@ def resolve_source(glue_dir: str | os.PathLike | None) -> str:
     if chosen in (SAMPLES, HUB):
         return chosen
     path = Path(chosen).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"GLUE directory {chosen} is a file, not a directory "
+                        f"(give a glue_data directory, '{SAMPLES}' or '{HUB}')")
     if not path.is_dir():
         raise UserError(f"GLUE directory {chosen} does not exist "
                         f"(give a glue_data directory, '{SAMPLES}' or '{HUB}')")
@@ -79,7 +84,17 @@ def load_split(task: Task, split: str, source: str) -> datasets.Dataset:
 def _load_hub(task: Task, split: str) -> datasets.Dataset:
     # The hub config names are our task names: 'sst2', 'stsb', ...
     hub_split = 'train' if split == 'train' else task.dev_split
-    ds = datasets.load_dataset(HUB_DATASET, task.name, split=hub_split)
+    reason = hub.unreachable()
+    if reason is not None and not hub.offline():
+        # datasets would retry for most of a minute, then fail with a traceback
+        raise UserError(f"--glue-dir hub: the Hugging Face hub cannot be reached ({reason}); set HF_HUB_OFFLINE=1 "
+                        f"to use the local datasets cache, or give a glue_data directory")
+    try:
+        ds = datasets.load_dataset(HUB_DATASET, task.name, split=hub_split)
+    except (OSError, ValueError) as error:   # ConnectionError, DatasetNotFoundError, offline without a cache
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise UserError(f"--glue-dir hub: cannot load {HUB_DATASET} {task.name} {hub_split} ({first}); "
+                        f"give a glue_data directory instead") from None
     first, second = task.text_keys
     ds = ds.select_columns([key for key in (first, second, 'label', 'idx') if key])
     ds = ds.rename_columns({first: 'text_a', **({second: 'text_b'} if second else {})})
@@ -143,17 +158,28 @@ def _columns(task: Task, path: Path, rows) -> dict[str, list]:
         header = next(rows, None)
         if header is None:
             raise UserError(f'{path}: empty file, expected a header line')
+        _check_text(header, path, rows.line_num)
         width = len(header)
     for row in rows:
         if not row:
             continue     # a blank line, e.g. at the end of a hand-edited file
+        _check_text(row, path, rows.line_num)
         width = width or len(row)   # without a header the first row sets the width
         if len(row) != width or width < needed:
             raise UserError(f'{path}:{rows.line_num}: expected {max(width, needed)} columns, got {len(row)}')
         columns['text_a'].append(row[task.tsv_text_a])
         columns['text_b'].append(row[task.tsv_text_b] if task.is_pair else '')
         columns['label'].append(read_label(row[task.tsv_label].strip(), rows.line_num))
+    if not columns['label']:
+        # an empty split would only fail later, deep in training or scoring
+        raise UserError(f'{path}: no examples' + (' (only a header line)' if task.tsv_header else ''))
     return columns
+
+
+def _check_text(row: list[str], path: Path, line: int) -> None:
+    """A NUL byte is never text: the csv module (Python >= 3.11) would pass it on as a character."""
+    if any('\0' in cell for cell in row):
+        raise UserError(f'{path}:{line}: NUL byte; not a text file')
 
 
 def data_fingerprint(task: Task, source: str) -> str:
@@ -221,6 +247,7 @@ def _save_atomically(ds: datasets.Dataset, target: Path) -> None:
     """Write into a temporary directory next to `target`, then rename: readers never see half a cache."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
+    os.chmod(tmp, 0o777 & ~umask())   # mkdtemp's 0700 would make the shared cache private to one user
     try:
         ds.save_to_disk(str(tmp))
         os.rename(tmp, target)

@@ -2,13 +2,15 @@
 
 Layout of an output directory:
   grid.json              the cells of the grid (written at every start)
-  cells/<cell id>/       one run directory per finished cell (see harness/run.py); complete iff valid metrics.json
+  cells/<cell id>/       one run directory per finished cell (see harness/run.py); complete iff its completion
+                         record verifies and its metrics are whole and of this cell's config
   failed/<cell id>.json  the error of a cell that failed (removed when it later succeeds)
   cache/                 teachers and tokenized data shared by all cells
   slurm/                 submitit's logs (SLURM executor)
 
 Finished cells are skipped on re-run; a run killed with SIGKILL loses at most the cells in flight, because
 every cell directory is renamed into place only when complete. One runner per output directory (a lock).
+Clean-up at start removes only what spd-bench made (directories with its marker, see harness/store.py).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from harness import store
 from harness.errors import UserError
 from harness.gridconfig import Cell, Grid, load_grid
 from harness.results import best_at_final_shape, read_history
-from harness.run import RunConfig, prepare_teacher, run_cell
+from harness.run import RunConfig, prepare_teacher, run_cell, saved_key
 
 REQUIRED_METRICS = ("task", "method", "final", "best", "teacher", "params", "achieved_sparsity")
 
@@ -40,19 +42,28 @@ def failed_file(out: Path, cell: Cell) -> Path:
     return out / "failed" / f"{cell.cell_id}.json"
 
 
-def is_complete(out: Path, cell: Cell) -> bool:
-    """A cell counts only if its metrics parse, are whole, and belong to this exact config."""
+def cell_problem(out: Path, cell: Cell, full: bool = False) -> str | None:
+    """Why a cell does not count as done (missing, a file damaged, metrics incomplete, another config's
+    result), or None when it does. full=True also checksums the model weights (see harness/store.py)."""
     d = cell_dir(out, cell)
+    if not (d / "metrics.json").is_file():
+        return "not run"
+    problem = store.completion_problem(d, full=full)
+    if problem:
+        return problem
     try:
         metrics = store.read_json(d / "metrics.json")
-        config = store.read_json(d / "config.json")
-    except (OSError, ValueError):
-        return False
-    if not all(k in metrics for k in REQUIRED_METRICS) or "score" not in metrics["final"].get("dev", {}):
-        return False
-    saved = RunConfig(**{f.name: config[f.name] for f in dataclasses.fields(RunConfig) if f.name in config})
-    saved.settings = config.get("requested_settings", {})
-    return Cell(saved).key == cell.key
+        if not all(k in metrics for k in REQUIRED_METRICS) or "score" not in metrics["final"].get("dev", {}):
+            return "metrics.json lacks a field"
+    except (OSError, ValueError, TypeError, AttributeError):
+        return "metrics.json is unreadable"
+    return None if saved_key(d) == cell.key else "the directory holds another config's result"
+
+
+def is_complete(out: Path, cell: Cell, full: bool = False) -> bool:
+    """A cell counts only if every file it promises is whole (completion record), its metrics parse and
+    are complete, and it belongs to this exact config."""
+    return cell_problem(out, cell, full) is None
 
 
 def cell_state(out: Path, cell: Cell) -> str:
@@ -64,14 +75,18 @@ def cell_state(out: Path, cell: Cell) -> str:
 
 
 def _clean_partials(out: Path) -> None:
-    """Remove what a killed run left half-written; complete directories are never touched."""
+    """Remove what a killed run left half-written, and cell directories whose files no longer verify, but
+    only directories spd-bench made (its marker inside) and only there: nothing else is ever removed."""
     for parent in (out / "cells", out / "cache" / "teachers"):
         if parent.is_dir():
             for p in parent.glob(".*.partial"):
-                shutil.rmtree(p, ignore_errors=True)
+                if store.is_ours(p):
+                    shutil.rmtree(p, ignore_errors=True)
+                elif p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+                    p.rmdir()   # killed between mkdtemp and the marker: empty, nothing to lose
     if (out / "cells").is_dir():
         for d in (out / "cells").iterdir():
-            if d.is_dir() and not d.name.startswith(".") and not (d / "metrics.json").exists():
+            if not d.name.startswith(".") and store.is_ours(d) and store.completion_problem(d) is not None:
                 shutil.rmtree(d, ignore_errors=True)
 
 
@@ -234,17 +249,21 @@ def run_grid(grid: Grid, out: Path, executor: str = "local", progress: bool = Tr
 
 
 def load_out_grid(out: Path) -> tuple[dict, list[Cell]]:
+    known = {f.name for f in dataclasses.fields(RunConfig)}
     try:
         meta = store.read_json(out / "grid.json")
-    except (OSError, ValueError):
+        cells = [Cell(RunConfig(**{k: v for k, v in c["config"].items() if k in known})) for c in meta["cells"]]
+        meta["name"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"{out} is not a grid output directory (no readable grid.json)") from None
-    return meta, [Cell(RunConfig(**c["config"])) for c in meta["cells"]]
+    return meta, cells
 
 
 def run_grid_command(args) -> int:
-    grid = load_grid(args.config, seeds=args.seeds, glue_dir=args.glue_dir)
     if args.overrides:
-        raise UserError("key=value settings go into the grid config, not the command line")
+        raise UserError(f"settings of a grid go in its YAML, not on the command line ({args.overrides[0]!r}): run "
+                        f"settings under 'run:', a method's under its 'settings:' (per task: 'task_overrides:')")
+    grid = load_grid(args.config, seeds=args.seeds, glue_dir=args.glue_dir)
     out = Path(args.out or f"runs/{grid.name}")
     slurm = {k: getattr(args, k, None) for k in ("partition", "time", "gpus", "cpus", "parallelism")}
     if args.workers_per_gpu is not None and args.workers_per_gpu < 1:
@@ -282,7 +301,8 @@ def cmd_status(args) -> int:
     meta, cells = load_out_grid(out)
     rows, counts = [], {"done": 0, "failed": 0, "pending": 0}
     for cell in cells:
-        state = cell_state(out, cell)
+        problem = cell_problem(out, cell, full=args.verify)
+        state = "done" if problem is None else "failed" if failed_file(out, cell).exists() else "pending"
         counts[state] += 1
         detail = [""] * 6
         if state == "done":
@@ -293,7 +313,12 @@ def cmd_status(args) -> int:
                       "" if s["gap"] is None else f"{s['gap']:+.2f}",
                       "" if s["seconds"] is None else f"{s['seconds'] / 60:.1f}", ""]
         elif state == "failed":
-            detail[-1] = store.read_json(failed_file(out, cell)).get("error", "")[:100]
+            try:
+                detail[-1] = str(store.read_json(failed_file(out, cell)).get("error", ""))[:100]
+            except (OSError, ValueError, AttributeError):
+                detail[-1] = f"(unreadable {failed_file(out, cell).name})"
+        elif problem != "not run":
+            detail[-1] = f"incomplete: {problem}"[:100]   # will be run again
         rows.append([cell.cfg.task, cell.cfg.method, f"{cell.cfg.sparsity:g}", cell.cfg.seed, state, *detail])
     print(tabulate(rows, headers=["task", "method", "sparsity", "seed", "state", "dev (final)",
                                   "dev (best at final shape @ step)", "train", "train-dev", "minutes", "error"],
@@ -326,8 +351,12 @@ def cmd_table(args) -> int:
 def add_grid_commands(sub) -> None:
     status = sub.add_parser("status", help="state of every cell of a grid output directory")
     status.add_argument("out_dir")
+    status.add_argument("--verify", action="store_true",
+                        help="also checksum the model weights of every finished cell (sizes and the checksums of "
+                             "the other files are always checked)")
     status.set_defaults(func=cmd_status)
-    plan = sub.add_parser("plan", help="cells of a grid config, which are done, and the estimated GPU cost")
+    plan = sub.add_parser("plan", help="cells of a grid config, which are done, and the estimated GPU cost "
+                                       "(loads the grid's plugins: they are code)")
     plan.add_argument("config")
     plan.add_argument("--seeds", type=int)
     plan.add_argument("--out", help="grid output directory to check for finished cells (default runs/<name>)")

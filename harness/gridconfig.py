@@ -1,4 +1,8 @@
-"""Grid configs (configs/*.yaml): validated, expanded into cells, each keyed by a hash of its resolved config.
+"""Grid configs (configs/*.yaml): validated, expanded into cells, each keyed by its config (RunConfig.key).
+
+The file is read with a SafeLoader that refuses a key given twice, its shape is the pydantic model GridFile,
+and every cell is validated as a run before anything runs (harness/validation.py: one line per mistake,
+naming the file and the key).
 
     name: table1
     model: bert-base-uncased
@@ -11,32 +15,58 @@
       - {method: spd, sparsity: 0.5, settings: {p0: 0.8}}
     task_overrides:             # optional: per-task run fields and method settings
       rte: {settings: {p0: 0.6}, run: {eval_steps: 50}}
-    plugins: [my_method.py]     # optional: one-file method plugins, relative to this file
+    plugins: [my_method.py]     # optional: one-file method plugins, relative to this file (code: they run)
     tables: [1]                 # paper tables written after the grid runs
     workers_per_gpu: 1          # cells at once per visible GPU (--workers-per-gpu overrides)
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import Field, ValidationError
 
 from harness.errors import UserError
-from harness.registry import get_method, use_plugins
-from harness.run import RunConfig, run_config_fields
+from harness.registry import get_method, make_settings, use_plugins
+from harness.run import RunConfig
 from harness.tasks import get_task
+from harness.validation import StrictModel, check_fields, load_yaml, model_error
 
-TOP_KEYS = {"name", "description", "model", "glue_dir", "seeds", "tasks", "run", "methods", "task_overrides",
-            "tables", "plugins", "workers_per_gpu"}
-METHOD_KEYS = {"method", "sparsity", "settings", "run", "tasks"}
-OVERRIDE_KEYS = {"settings", "run"}
-# Fields that do not change what a cell computes, so they stay out of its key.
-NOT_IN_KEY = {"device"}
+# Set per cell by the grid itself (tasks, methods[i], seeds, model), never in a `run:` section.
+CELL_FIELDS = ("task", "method", "sparsity", "seed", "model")
+
+
+class MethodEntry(StrictModel):
+    method: str
+    sparsity: Any = None      # checked per cell against RunConfig.sparsity, whose range the message gives
+    settings: dict[str, Any] = {}
+    run: dict[str, Any] = {}
+    tasks: list[str] | None = None
+
+
+class TaskOverride(StrictModel):
+    settings: dict[str, Any] = {}
+    run: dict[str, Any] = {}
+
+
+class GridFile(StrictModel):
+    """The YAML's shape; values of `run:` and `settings:` sections are checked against RunConfig and the
+    method's settings class (harness.validation), which know their types and bounds."""
+    name: str | None = None
+    description: str | None = None
+    model: str = "bert-base-uncased"
+    glue_dir: str | None = None
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [42], min_length=1)
+    tasks: list[str] = Field(min_length=1)
+    run: dict[str, Any] = {}
+    methods: list[MethodEntry] = Field(min_length=1)
+    task_overrides: dict[str, TaskOverride] = {}
+    tables: list[Literal[1, 2, 3]] = []
+    plugins: list[str] = []
+    workers_per_gpu: Annotated[int, Field(ge=1, strict=True)] = 1
 
 
 @dataclass
@@ -45,8 +75,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        fields = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in NOT_IN_KEY}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return self.cfg.key()
 
     @property
     def cell_id(self) -> str:
@@ -63,70 +92,90 @@ class Grid:
     workers_per_gpu: int = 1     # cells run at once on each visible GPU (the CPU counts as one)
 
 
-def _check_keys(where: str, got: dict, allowed: set[str]) -> None:
-    if not isinstance(got, dict):
-        raise UserError(f"{where}: expected a mapping, got {type(got).__name__}")
-    unknown = set(got) - allowed
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                        f"valid: {', '.join(sorted(allowed))}")
-
-
 def _check_run(where: str, run: dict) -> dict:
-    _check_keys(where, run, run_config_fields() - {"task", "method", "sparsity", "seed", "model"})
-    return run
+    """A `run:` section: RunConfig fields other than the ones the grid sets per cell, validated."""
+    for name in CELL_FIELDS:
+        if name in run:
+            raise UserError(f"{where}{name}: not allowed in a run section; the grid sets it per cell "
+                            f"(from tasks, methods[i].method, methods[i].sparsity, seeds and model)")
+    return check_fields(RunConfig, run, where)
+
+
+def _task(name: str, where: str) -> str:
+    try:
+        return get_task(name).name
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
+
+
+def read_grid_file(path: Path) -> GridFile:
+    """The file parsed and its shape checked: bad YAML, a key given twice, an unknown key or a value of the
+    wrong type is one UserError line naming the file and the key."""
+    if not path.is_file():
+        raise UserError(f"grid config {path} not found" if not path.exists() else f"grid config {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read it ({type(err).__name__}: {err})") from None
+    raw = load_yaml(text, str(path))
+    if raw is None:
+        raise UserError(f"{path}: empty; a grid needs at least 'tasks' and 'methods'")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: must be a mapping (name, tasks, methods, ...), got {type(raw).__name__}")
+    try:
+        return GridFile.model_validate(raw)
+    except ValidationError as err:
+        raise model_error(err, str(path), GridFile) from None
 
 
 def load_grid(path: str | Path, seeds: int | None = None, glue_dir: str | None = None) -> Grid:
+    """Every cell of the grid, each validated as a run (settings, bounds, model positions): a mistake anywhere
+    is found here, before anything is trained."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"grid config {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    _check_keys(str(path), raw or {}, TOP_KEYS)
-    for required in ("tasks", "methods"):
-        if not raw.get(required):
-            raise UserError(f"{path}: '{required}' is required")
+    spec = read_grid_file(path)
     # plugin paths are relative to the config file
-    use_plugins([(path.parent / p) for p in raw.get("plugins") or []])
-    source = glue_dir or raw.get("glue_dir") or os.environ.get("GLUE_DIR") or "hub"
-    seed_list = list(raw.get("seeds") or [42])
+    use_plugins([(path.parent / p) for p in spec.plugins])
+    source = glue_dir or spec.glue_dir or os.environ.get("GLUE_DIR") or "hub"
+    seed_list = list(spec.seeds)
     if seeds is not None:
         if seeds < 1:
             raise UserError(f"--seeds must be at least 1, got {seeds}")
         seed_list = [seed_list[i] if i < len(seed_list) else seed_list[-1] + i for i in range(seeds)]
-    tasks = [get_task(t).name for t in raw["tasks"]]
-    shared_run = _check_run(f"{path}: run", raw.get("run") or {})
-    overrides = raw.get("task_overrides") or {}
-    _check_keys(f"{path}: task_overrides", overrides, set(tasks))
-    for t, o in overrides.items():
-        _check_keys(f"{path}: task_overrides.{t}", o, OVERRIDE_KEYS)
+    tasks = [_task(t, f"{path}: tasks[{i}]") for i, t in enumerate(spec.tasks)]
+    shared_run = _check_run(f"{path}: run.", spec.run)
+    for t in spec.task_overrides:
+        if t not in tasks:
+            raise UserError(f"{path}: task_overrides.{t}: not one of the grid's tasks ({', '.join(tasks)})")
     cells = []
-    for i, entry in enumerate(raw["methods"]):
+    for i, entry in enumerate(spec.methods):
         where = f"{path}: methods[{i}]"
-        _check_keys(where, entry, METHOD_KEYS)
-        method = get_method(entry.get("method", ""))
-        entry_run = _check_run(f"{where}.run", entry.get("run") or {})
-        for task in [get_task(t).name for t in entry.get("tasks", tasks)]:
-            o = overrides.get(task, {})
-            settings = {**(entry.get("settings") or {}), **(o.get("settings") or {})}
+        try:
+            method = get_method(entry.method)
+        except UserError as err:
+            raise UserError(f"{where}.method: {err}") from None
+        entry_run = _check_run(f"{where}.run.", entry.run)
+        make_settings(method, entry.settings, where=f"{where}.settings.")
+        sparsity = 0.0
+        if method.prunes and entry.sparsity is not None:
+            sparsity = check_fields(RunConfig, {"sparsity": entry.sparsity}, f"{where}.")["sparsity"]
+        fields = {f.name for f in dataclasses.fields(method.settings)}
+        for task in [_task(t, f"{where}.tasks[{j}]") for j, t in enumerate(entry.tasks or tasks)]:
+            o = spec.task_overrides.get(task, TaskOverride())
             # a per-task override only applies to methods that have the setting
-            fields = {f.name for f in dataclasses.fields(method.settings)}
-            settings = {k: v for k, v in settings.items() if k in fields or k in (entry.get("settings") or {})}
-            run = {**shared_run, **entry_run, **_check_run(f"{path}: task_overrides.{task}.run", o.get("run") or {})}
+            extra = {k: v for k, v in o.settings.items() if k in fields or k in entry.settings}
+            check_fields(method.settings, extra, f"{path}: task_overrides.{task}.settings.")
+            settings = {**entry.settings, **extra}
+            run = {**shared_run, **entry_run, **_check_run(f"{path}: task_overrides.{task}.run.", o.run)}
             for seed in seed_list:
-                cfg = RunConfig(task=task, method=method.name, model=raw.get("model", "bert-base-uncased"),
-                                sparsity=float(entry.get("sparsity", 0.0)) if method.prunes else 0.0,
+                cfg = RunConfig(task=task, method=method.name, model=spec.model, sparsity=sparsity,
                                 seed=seed, glue_dir=source, settings=settings, **run)
-                cfg.validate()
+                try:
+                    cfg.validate()
+                except UserError as err:   # checks across fields: a method's own rules, the model's positions
+                    raise UserError(f"{where} ({task}, seed {seed}): {err}") from None
                 cells.append(Cell(cfg))
     ids = [c.cell_id for c in cells]
     if len(set(ids)) != len(ids):
         raise UserError(f"{path}: the same cell appears twice")
-    workers = raw.get("workers_per_gpu", 1)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise UserError(f"{path}: workers_per_gpu must be a whole number >= 1, got {workers!r}")
-    return Grid(name=raw.get("name", path.stem), cells=cells, tables=list(raw.get("tables") or []), source=raw,
-                workers_per_gpu=workers)
+    return Grid(name=spec.name or path.stem, cells=cells, tables=list(spec.tables),
+                source=spec.model_dump(exclude_unset=True), workers_per_gpu=spec.workers_per_gpu)

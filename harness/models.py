@@ -6,6 +6,7 @@ needs the attention probabilities and sdpa returns none.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from importlib import resources
 from pathlib import Path
@@ -18,6 +19,7 @@ from transformers.utils import logging as hf_logging
 # Our own tqdm bars show progress; transformers' per-load/per-save bars would only add noise.
 hf_logging.disable_progress_bar()
 
+from harness import hub
 from harness.errors import UserError
 from harness.tasks import Task
 
@@ -69,14 +71,54 @@ def _unloadable(name: str, err: Exception) -> UserError:
         f"{type(err).__name__}); built-in: {', '.join(BUILTIN_MODELS)}, or any BERT checkpoint name/path")
 
 
+def _from_pretrained(load, name: str, required: bool = True):
+    """`load(path)` for a model name or path: a local directory as it is, a hub id from the local cache
+    first and from the hub only when the hub can be reached (an unreachable hub is one line at once, not a
+    minute of retries). With required=False, None where the answer needs an unreachable hub."""
+    path = resolve_model(name)
+    if Path(path).exists():
+        return load(path)
+    try:
+        return load(path, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    reason = hub.unreachable()
+    if reason is None:
+        return load(path)
+    if not required:
+        return None
+    raise UserError(f"cannot load model {name!r}: not a built-in name, a local checkpoint or in the Hugging Face "
+                    f"cache, and the hub cannot be reached ({reason}); built-in: {', '.join(BUILTIN_MODELS)}")
+
+
 def load_tokenizer(name: str):
     if name == "tiny":
         # `vocab=`, not `vocab_file=`: transformers 5 ignores vocab_file here and builds a 5-token vocabulary.
         return BertTokenizerFast(vocab=_vocab_file(), do_lower_case=True)
     try:
-        return AutoTokenizer.from_pretrained(resolve_model(name))
+        return _from_pretrained(AutoTokenizer.from_pretrained, name)
     except (OSError, ValueError) as err:
         raise _unloadable(name, err) from None
+
+
+@functools.lru_cache(maxsize=32)
+def max_positions(name: str) -> int | None:
+    """The longest input the model takes (max_position_embeddings); None when that cannot be known here."""
+    if name == "tiny":
+        return TINY_CONFIG["max_position_embeddings"]
+    try:
+        config = _from_pretrained(AutoConfig.from_pretrained, name, required=False)
+    except (OSError, ValueError):
+        return None   # the model's own load says what is wrong with it, with the full message
+    return getattr(config, "max_position_embeddings", None)
+
+
+def check_max_seq_length(name: str, max_seq_length: int) -> None:
+    """A max_seq_length the model has no positions for would fail mid-run on the first long example."""
+    limit = max_positions(name)
+    if limit is not None and max_seq_length > limit:
+        raise UserError(f"max_seq_length: must be at most {limit} for model {name!r} (its position "
+                        f"embeddings), got {max_seq_length}")
 
 
 def load_pretrained(name: str, task: Task, seed: int) -> PreTrainedModel:
@@ -88,16 +130,15 @@ def load_pretrained(name: str, task: Task, seed: int) -> PreTrainedModel:
         config = BertConfig(**TINY_CONFIG, num_labels=num_labels, problem_type=problem,
                             attn_implementation="eager")
         return BertForSequenceClassification(config)
-    path = resolve_model(name)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = _from_pretrained(AutoConfig.from_pretrained, name)
     except (OSError, ValueError) as err:
         raise _unloadable(name, err) from None
     if config.model_type != "bert":
         raise UserError(f"model {name!r} is a {config.model_type!r} model; spd-bench grafts BERT encoders only")
     with _quiet_hf():
-        return BertForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, problem_type=problem, attn_implementation="eager")
+        return _from_pretrained(lambda path, **kw: BertForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, problem_type=problem, attn_implementation="eager", **kw), name)
 
 
 def load_checkpoint(path: str | os.PathLike) -> PreTrainedModel:

@@ -6,6 +6,10 @@
 A method registered here gets the CLI, the grid, the results and the tables for free. Installed
 packages declare `[project.entry-points."spd_bench.methods"] name = "module:build"` (the module is
 imported, which runs its decorator).
+
+Plugins are code: a `--plugin` file, a grid's `plugins:`, the files in $SPD_BENCH_PLUGINS and every
+installed entry point are imported into the spd-bench process (`plan` and `methods` included) and run
+with the user's rights. Load only files you would run yourself.
 """
 from __future__ import annotations
 
@@ -14,14 +18,13 @@ import importlib
 import importlib.util
 import os
 import sys
-import types
-import typing
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
 
 from harness.errors import UserError, unknown_name
+from harness.validation import build
 
 ENTRY_POINT_GROUP = "spd_bench.methods"
 PLUGIN_ENV = "SPD_BENCH_PLUGINS"   # os.pathsep-separated plugin files, loaded with the built-ins
@@ -62,12 +65,19 @@ def load_plugin_file(path: str | Path) -> None:
         return
     if not path.is_file():
         raise UserError(f"plugin file {path} not found")
+    if path.suffix != ".py":
+        raise UserError(f"plugin file {path} is not a Python file (.py)")
     _loaded_files.add(path)
     spec = importlib.util.spec_from_file_location(f"spd_bench_plugin_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     try:
         spec.loader.exec_module(module)
+    except SyntaxError as err:
+        # a mistake in the user's file, not a bug of spd-bench: where it is, in one line
+        del sys.modules[spec.name]
+        _loaded_files.discard(path)
+        raise UserError(f"plugin {path}:{err.lineno}: syntax error: {err.msg}") from None
     except BaseException:
         del sys.modules[spec.name]
         _loaded_files.discard(path)
@@ -108,45 +118,7 @@ def all_methods() -> dict[str, Method]:
     return dict(METHODS)
 
 
-def _coerce_one(name: str, hint, value):
-    """`value` as the annotated type: '2e-3' -> 0.002 for a float, 3 -> 3.0; anything else is a UserError."""
-    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    if value is None:
-        if type(None) in args:
-            return None
-        raise UserError(f"setting {name!r} cannot be empty")
-    for kind in args:
-        if kind is bool and isinstance(value, bool):
-            return value
-        if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if kind in (int, float) and not isinstance(value, bool):
-            try:
-                number = kind(value)
-            except (TypeError, ValueError):
-                continue
-            if kind is int and isinstance(value, float) and number != value:
-                continue
-            return number
-        if kind is str and isinstance(value, str):
-            return value
-        if kind in (dict, list) and isinstance(value, kind):
-            return value
-    wanted = " or ".join(getattr(a, "__name__", str(a)) for a in args if a is not type(None))
-    raise UserError(f"setting {name!r} must be {wanted}, got {value!r}")
-
-
-def coerce(cls: type, values: dict, where: str) -> dict:
-    """Check `values` against the dataclass `cls`: unknown names and wrong types are UserErrors."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - fields
-    if unknown:
-        raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))} for {where}; "
-                        f"valid: {', '.join(sorted(fields))}")
-    return {k: _coerce_one(k, hints[k], v) for k, v in values.items()}
-
-
-def make_settings(method: Method, overrides: dict) -> object:
-    """The method's settings dataclass with `overrides` applied; an unknown name is a UserError."""
-    return method.settings(**coerce(method.settings, overrides, f"method {method.name!r}"))
+def make_settings(method: Method, overrides: dict, where: str | None = None) -> object:
+    """The method's settings dataclass with `overrides` applied, checked by harness.validation against its
+    annotations (an unknown name or a bad value is a one-line UserError naming `where`)."""
+    return build(method.settings, overrides, f"method {method.name!r}: " if where is None else where)

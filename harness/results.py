@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import store
+from harness.errors import UserError
 
 REQUIRED = ("task", "method", "model", "sparsity", "seed", "final", "params")
 REPORTS = ("best", "final")
@@ -49,13 +50,19 @@ class Result:
         return self.best
 
     def predictions(self) -> tuple[list, list]:
-        """(predictions, labels) of the dev set, in dev order."""
-        preds, labels = [], []
-        with open(self.run_dir / "predictions.jsonl") as f:
-            for line in f:
-                row = json.loads(line)
-                preds.append(row["prediction"])
-                labels.append(row["label"])
+        """(predictions, labels) of the dev set, in dev order. load_results verified the file against the
+        run's completion record; one that changed since is a one-line error naming it, not a traceback."""
+        path = self.run_dir / "predictions.jsonl"
+        preds, labels, number = [], [], 0
+        try:
+            with open(path) as f:
+                for number, line in enumerate(f, 1):
+                    row = json.loads(line)
+                    preds.append(row["prediction"])
+                    labels.append(row["label"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{path}{f':{number}' if number else ''}: unreadable ({type(err).__name__}); re-run the grid to repeat this "
+                            f"cell") from None
         return preds, labels
 
 
@@ -132,12 +139,16 @@ def run_settings(run_dir: Path, method: str) -> dict:
 
 
 def load_results(out: Path) -> list[Result]:
-    """Every complete run directory under `out` (a corrupt metrics.json is skipped, never counted)."""
+    """Every complete run directory under `out`: one whose files do not verify against its completion
+    record (a half-written predictions.jsonl or model) or whose metrics are corrupt is skipped, never
+    counted."""
     results = []
     for metrics_file in sorted(Path(out).glob("**/metrics.json")):
         run_dir = metrics_file.parent
-        if any(part.endswith(".partial") for part in run_dir.parts) or not (run_dir / "model").is_dir():
+        if any(part.endswith((".partial", ".kept")) for part in run_dir.parts) or not (run_dir / "model").is_dir():
             continue  # teachers' caches and half-written directories
+        if store.completion_problem(run_dir) is not None:
+            continue
         try:
             m = store.read_json(metrics_file)
             if not all(k in m for k in REQUIRED):

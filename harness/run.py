@@ -1,6 +1,8 @@
 """One cell: data -> teacher (cached) -> method surgery -> the training loop -> evaluation -> a run directory.
 
-Run directory (complete exactly when metrics.json exists; written atomically):
+Run directory (written atomically by store.atomic_dir; complete exactly when its completion record
+complete.json verifies: every file below with the size and sha256 it was written with; metrics.json is
+written last of the run's own files, so a record without it cannot exist):
   config.json       resolved run config and method settings
   manifest.json     git SHA, package versions, device, seed, times
   metrics.json      final and best-during-training dev metrics (with their step), teacher's, #params
@@ -8,6 +10,12 @@ Run directory (complete exactly when metrics.json exists; written atomically):
   predictions.jsonl dev predictions (idx, prediction, label): any metric can be recomputed
   history.jsonl     metrics logged during training (for curves)
   model/            the final model, a Hugging Face checkpoint (safetensors) with its tokenizer
+  .spd-bench        marker: spd-bench made this directory (so it may replace or clean it up)
+  complete.json     the completion record, written last
+
+A run writes into a new directory, an empty one, or a finished run directory of the same config that holds
+only what spd-bench wrote (replaced when the new run finishes); anything else is refused before training
+(claim_out_dir): a run never removes what it did not create.
 """
 from __future__ import annotations
 
@@ -19,18 +27,21 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import datasets
 import torch
 from filelock import FileLock
+from pydantic import Field
 
 from harness import data, models, store
 from harness.errors import UserError
 from harness.recipe import BuildContext, Phase, Recipe, all_parameters, epochs_to_steps
+from harness.registry import get_method, make_settings
 from harness.resume import Checkpointer, identity_of
-from harness.registry import coerce, get_method, make_settings
 from harness.tasks import Task, get_task
 from harness.train import Hooks, LoopConfig, TrainResult, train
+from harness.validation import check_fields
 from spd.distill import TaskLoss
 from spd.pruning import encoder_layers, matrix_report, prunable_matrices
 
@@ -38,33 +49,40 @@ TEACHER_FORMAT = 1  # bump when a change makes cached teachers invalid
 datasets.disable_progress_bars()  # tokenizing a split takes a second; our own bars show a run's progress
 
 
+# Bounds live in the annotations (harness/validation.py reads them; the dataclass ignores them).
+Positive = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=0)]
+Rate = Annotated[float, Field(gt=0)]
+
+
 @dataclass
 class RunConfig:
     task: str
     method: str = "spd"
     model: str = models.DEFAULT_MODEL
-    sparsity: float = 0.9
-    seed: int = 42
+    sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    seed: Count = 42
     glue_dir: str | None = None          # a glue_data dir, 'hub', or None (GLUE_DIR, else built-in samples)
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    max_seq_length: int = 128
+    batch_size: Positive = 32
+    eval_batch_size: Positive = 128
+    # at least [CLS] a [SEP] b [SEP] and some text; below that the tokenizer stops truncating pairs
+    max_seq_length: Annotated[int, Field(ge=8)] = 128
     pad_to_max_length: bool = False      # True: pad every example to max_seq_length (official code)
-    eval_steps: int = 0                  # 0: about 20 evaluations per run
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
-    train_eval_examples: int = 256       # train examples scored at each evaluation (train-dev gap, Fig. 5)
-    teacher_lr: float = 3e-5
-    teacher_epochs: float = 4.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    eval_steps: Count = 0                # 0: about 20 evaluations per run
+    max_train_examples: Positive | None = None
+    max_eval_examples: Positive | None = None
+    train_eval_examples: Count = 256     # train examples scored at each evaluation (train-dev gap, Fig. 5)
+    teacher_lr: Rate = 3e-5
+    teacher_epochs: Annotated[float, Field(gt=0)] = 4.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    max_grad_norm: Rate = 1.0
     device: str | None = None
     # 'auto': bf16 autocast + TF32 on CUDA, fp32 on the CPU (a method preset may ask for fp32: official-code);
     # 'bf16' or 'fp32' force it. Evaluation logits are fp32 whatever this says (docs/gpu.md).
-    precision: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     # Minutes between mid-training checkpoints of the whole training state (also written at SIGTERM); a re-run
     # of an interrupted cell continues from the newest one (harness/resume.py). 0: only at SIGTERM.
-    checkpoint_minutes: float = 30.0
+    checkpoint_minutes: Annotated[float, Field(ge=0)] = 30.0
     # False: the run directory keeps everything but model/ (the weights), so a grid output stays a few MB and
     # can be committed or carried to a fresh machine; tables, status and plots need no weights.
     save_model: bool = True
@@ -74,22 +92,87 @@ class RunConfig:
     settings: dict = field(default_factory=dict)   # method-specific settings
 
     def validate(self) -> tuple[Task, object, object]:
+        """Check every field, the task, the method and its settings, and max_seq_length against the model's
+        positions, before anything is trained; fields are coerced in place ('2e-3' -> 0.002)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name, value in coerce(RunConfig, values, "the run").items():
+        for name, value in check_fields(RunConfig, values).items():
             object.__setattr__(self, name, value)
         task = get_task(self.task)
         method = get_method(self.method)
-        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
-            raise UserError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        for name in ("batch_size", "eval_batch_size", "max_seq_length"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        models.check_max_seq_length(self.model, self.max_seq_length)
         settings = make_settings(method, self.settings)
         return task, method, settings
+
+    def key(self) -> str:
+        return config_key(dataclasses.asdict(self), type(self))
 
 
 def run_config_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(RunConfig)} - {"settings"}
+
+
+# A cell's key is a hash of what it computes. The fields below made up every key before fields were keyed by
+# their difference from the default: they stay hashed always, so grids run before keep their keys. Any other
+# field, present or added later, is hashed only when its value differs from its default, so adding a field
+# with a default that keeps today's behaviour leaves every existing key as it is. Never add names here.
+KEY_FIELDS_V1 = frozenset({
+    "task", "method", "model", "sparsity", "seed", "glue_dir", "batch_size", "eval_batch_size", "max_seq_length",
+    "pad_to_max_length", "eval_steps", "max_train_examples", "max_eval_examples", "train_eval_examples",
+    "teacher_lr", "teacher_epochs", "weight_decay", "max_grad_norm", "settings"})
+# Fields that do not change what a cell computes, so they stay out of its key.
+NOT_IN_KEY = frozenset({"device", "checkpoint_minutes"})
+
+
+def _defaults(cls: type) -> dict:
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+def config_key(values: dict, cls: type = RunConfig) -> str:
+    """The key of a run config given as a dict of its fields (see KEY_FIELDS_V1)."""
+    defaults = _defaults(cls)
+    keyed = {k: v for k, v in values.items()
+             if k not in NOT_IN_KEY and (k in KEY_FIELDS_V1 or k not in defaults or v != defaults[k])}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def saved_key(run_dir: Path) -> str | None:
+    """The key of the config a run directory was made with (its config.json), or None if unreadable."""
+    try:
+        config = store.read_json(Path(run_dir) / "config.json")
+        fields = {f.name: config[f.name] for f in dataclasses.fields(RunConfig) if f.name in config}
+        return config_key({**dataclasses.asdict(RunConfig(**fields)), "settings": config.get("requested_settings", {})})
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def claim_out_dir(out_dir: str | os.PathLike, cfg: RunConfig) -> Path:
+    """Where a run may write, decided before anything is trained. A run never removes what it did not make:
+    `out_dir` may be new, an empty directory, or a finished run directory of this same config that holds only
+    files spd-bench wrote (then the new run replaces it, atomically, when it finishes). Anything else is a
+    UserError."""
+    out = Path(out_dir)
+    if out.is_symlink():
+        raise UserError(f"output {out} is a symbolic link; give the directory it points to")
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise UserError(f"output {out} is an existing file, not a directory; choose another output directory")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return out
+    foreign = store.foreign_entries(out)
+    if foreign is None:
+        raise UserError(f"output directory {out} exists and is not a finished spd-bench run directory (it holds "
+                        f"{entries[0]!r}); nothing was run: remove it or choose another output directory")
+    if foreign:
+        raise UserError(f"output directory {out} holds {foreign[0]!r}, which spd-bench did not write; nothing "
+                        f"was run: move it away or choose another output directory")
+    if saved_key(out) != cfg.key():
+        raise UserError(f"output directory {out} holds a finished run of another config; nothing was run: "
+                        f"choose another output directory (a run replaces only a run of its own config)")
+    return out
 
 
 def default_cache_dir() -> Path:
@@ -259,6 +342,8 @@ def run_cell(cfg: RunConfig, out_dir: str | os.PathLike, cache_dir: str | os.Pat
              progress: bool = True) -> dict:
     """Run one (task, method, model, sparsity, seed) cell into `out_dir`; returns its metrics."""
     started = time.time()
+    cfg.validate()   # the output directory is judged by the cell's key, of the validated config
+    out_dir = claim_out_dir(out_dir, cfg)
     task, method, settings, cache_dir, device, tokenizer, td = _setup(cfg, cache_dir)
     teacher_dir = ensure_teacher(cfg, task, td, device, cache_dir, progress)
     teacher_metrics = store.read_json(teacher_dir / "metrics.json")
@@ -268,7 +353,6 @@ def run_cell(cfg: RunConfig, out_dir: str | os.PathLike, cache_dir: str | os.Pat
                        load_pretrained=lambda: models.load_pretrained(cfg.model, task, cfg.seed))
     torch.manual_seed(cfg.seed)
     recipe = method.build(settings, ctx)
-    out_dir = Path(out_dir)
     with store.atomic_dir(out_dir) as tmp:
         ckpt = checkpointer(cfg, out_dir, {"settings": dataclasses.asdict(settings), "data": td.fingerprint,
                                             "teacher": teacher_dir.name})

@@ -1,11 +1,24 @@
-"""Writing results: atomic files and directories, and the manifest that says how a result was made.
+"""Writing results: atomic files and directories, their completion records, and the manifest.
 
-A run directory is complete exactly when it has `metrics.json`; it is written into a temporary sibling and
-renamed into place, so an interrupted run never leaves a directory that looks finished.
+Every directory spd-bench writes as a whole (a run, a cached teacher) is made by `atomic_dir`: written
+into a hidden `.NAME.*.partial` sibling that holds the marker file `.spd-bench` from its first moment,
+closed with the completion record `complete.json` (size and sha256 of every other file in it), and only
+then renamed into place. So a directory without a valid record was never finished, the marker says which
+directories spd-bench may clean up, and a file damaged afterwards (a truncated copy, a half-written
+restore) shows as a size or checksum that no longer matches.
+
+Verification cost: sizes of every file are always checked; checksums of files up to CHECKSUM_LIMIT (all
+JSON, predictions, history, tokenizer files) too. Model weights are larger: their size catches truncation,
+and a full checksum is made where asked (`spd-bench status --verify`), since hashing 400 MB per cell on
+every `status` would make it slow.
+
+Files get the conventional permissions: 0666 and directories 0777, less the umask (0644/0755 under 022),
+like any file the user creates; tempfile's private 0600/0700 would leave results unreadable to a group.
 """
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -19,8 +32,23 @@ from pathlib import Path
 
 import torch
 
+from harness.errors import UserError
+
 TRACKED_PACKAGES = ("spd-bench", "torch", "transformers", "datasets", "tokenizers", "safetensors",
                     "scikit-learn", "scipy", "numpy")
+
+
+MARKER = ".spd-bench"          # in every directory atomic_dir makes, from its first moment
+RECORD = "complete.json"       # written last: what the directory holds, file by file
+RECORD_FORMAT = 1
+CHECKSUM_LIMIT = 64 << 20      # files up to this size are hashed at every check, larger ones on request
+
+
+def umask() -> int:
+    """The process's umask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, data) -> None:
@@ -34,6 +62,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())   # mkstemp's 0600 is for secrets; results are ordinary files
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -49,17 +78,167 @@ def read_json(path: str | os.PathLike):
         return json.load(f)
 
 
+def make_private_dir(parent: Path, name: str) -> Path:
+    """A new hidden `.NAME.*.partial` directory in `parent`, with the usual permissions, marked as ours."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".partial"))
+    os.chmod(tmp, 0o777 & ~umask())
+    write_json(tmp / MARKER, {"created_by": "spd-bench", "format": RECORD_FORMAT})
+    return tmp
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(root: Path) -> list[str]:
+    """Every file under `root`, as sorted relative posix paths (the record itself left out)."""
+    found = []
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel != RECORD:
+                found.append(rel)
+    return sorted(found)
+
+
+def _conventional_modes(root: Path) -> None:
+    """Files 0666 and directories 0777 less the umask, whatever wrote them (safetensors saves 0600)."""
+    mask = umask()
+    for dirpath, _, names in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in names:
+            os.chmod(Path(dirpath) / name, 0o666 & ~mask)
+
+
+def write_record(root: Path) -> None:
+    """The completion record of a finished directory: every file's size and sha256."""
+    files = {rel: {"size": (root / rel).stat().st_size, "sha256": _sha256(root / rel)} for rel in _files(root)}
+    write_json(root / RECORD, {"format": RECORD_FORMAT, "files": files})
+
+
+def read_record(root: Path) -> dict | None:
+    """The files a directory's completion record lists, or None if it has no readable record."""
+    try:
+        record = read_json(Path(root) / RECORD)
+        files = record["files"]
+        if record.get("format") != RECORD_FORMAT or not isinstance(files, dict) or not all(
+                isinstance(m, dict) and isinstance(m.get("size"), int) and isinstance(m.get("sha256"), str)
+                for m in files.values()):
+            return None
+        return files
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def check_record(root: Path, full: bool = False) -> str | None:
+    """None when every file the record lists is there with its size (and checksum: always for small files,
+    for all with full=True); otherwise what is wrong, in a few words."""
+    root = Path(root)
+    files = read_record(root)
+    if files is None:
+        return f"no valid {RECORD}"
+    for rel, meta in files.items():
+        path = root / rel
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if size != meta["size"]:
+            return f"{rel} has {size} bytes, {meta['size']} were written"
+        if (full or size <= CHECKSUM_LIMIT) and _sha256(path) != meta["sha256"]:
+            return f"{rel} differs from what was written (sha256)"
+    return None
+
+
+def _legacy_problem(root: Path) -> str | None:
+    """For a run directory written before completion records existed: every JSON file parses, every JSON
+    line parses, and every safetensors file is as long as its header says. Cheap, and it catches a
+    half-written file; None when nothing is wrong."""
+    for rel in _files(root):
+        path = root / rel
+        try:
+            if rel.endswith(".json"):
+                read_json(path)
+            elif rel.endswith(".jsonl"):
+                with open(path) as f:
+                    for line in f:
+                        if line.strip():
+                            json.loads(line)
+            elif rel.endswith(".safetensors"):
+                with open(path, "rb") as f:
+                    n = int.from_bytes(f.read(8), "little")
+                    header = json.loads(f.read(n))
+                ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+                if path.stat().st_size != 8 + n + max(ends, default=0):
+                    return f"{rel} is truncated"
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return f"{rel} is damaged"
+    return None
+
+
+def completion_problem(root: Path, full: bool = False) -> str | None:
+    """Why `root` is not a finished directory of spd-bench's, or None if it is: the record verifies, or (a
+    directory from before records, without our marker) its files pass the legacy checks."""
+    root = Path(root)
+    if (root / RECORD).exists() or (root / MARKER).exists():
+        return check_record(root, full)
+    return _legacy_problem(root)
+
+
+def foreign_entries(root: Path) -> list[str] | None:
+    """Entries of `root` that spd-bench did not write (its record does not list them), [] if none; None when
+    `root` has no readable completion record, so what it holds is unknown."""
+    files = read_record(root)
+    if files is None or not (Path(root) / MARKER).is_file():
+        return None
+    ours = set(files) | {RECORD}
+    ours_dirs = {p.as_posix() for rel in ours for p in Path(rel).parents} - {"."}
+    foreign = []
+    for dirpath, dirnames, names in os.walk(root):
+        for name in dirnames + names:
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel not in ours and rel not in ours_dirs:
+                foreign.append(rel)
+        dirnames[:] = [d for d in dirnames if (Path(dirpath) / d).relative_to(root).as_posix() in ours_dirs]
+    return sorted(foreign)
+
+
+def is_ours(path: Path) -> bool:
+    """A directory spd-bench made (it carries our marker), finished or not."""
+    return Path(path).is_dir() and not Path(path).is_symlink() and (Path(path) / MARKER).is_file()
+
+
 @contextmanager
 def atomic_dir(final: str | os.PathLike):
-    """Yield a temporary directory; on success it replaces `final` in one rename, on error it is removed."""
+    """Yield a new private directory; on success it gets its completion record and takes `final`'s place in
+    one rename, on error it is removed. `final` is replaced only if it is an empty directory or a directory
+    of ours that holds nothing we did not write (harness.run.claim_out_dir refuses the rest before a run
+    starts; this re-checks at the end, and keeps the result rather than remove something else)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    tmp = make_private_dir(final.parent, final.name)
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _conventional_modes(tmp)
+        write_record(tmp)
+        if final.is_dir() and not final.is_symlink() and not any(final.iterdir()):
+            final.rmdir()
+        if final.exists() or final.is_symlink():
+            if foreign_entries(final) != [] or final.is_symlink():
+                kept = tmp.with_name(tmp.name[:-len(".partial")] + ".kept")   # not a leftover to clean up
+                os.replace(tmp, kept)
+                raise UserError(f"{final} appeared during the run and holds files spd-bench did not write; "
+                                f"nothing was removed, the finished result is in {kept}")
+            aside = make_private_dir(final.parent, final.name + ".replaced")
+            os.replace(final, aside / "old")
+            os.replace(tmp, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -35,7 +35,7 @@ TOP_KEYS = {"name", "description", "model", "glue_dir", "seeds", "tasks", "run",
 METHOD_KEYS = {"method", "sparsity", "settings", "run", "tasks"}
 OVERRIDE_KEYS = {"settings", "run"}
 # Fields that do not change what a cell computes, so they stay out of its key.
-NOT_IN_KEY = {"device"}
+NOT_IN_KEY = {"device", "tensorboard"}
 
 
 @dataclass

@@ -16,7 +16,7 @@ class Result:
     method: str
     model: str
     sparsity: float
-    seed: int
+    seed: int | None
     score: float
     nonzero_params: int
     run_dir: Path
@@ -63,7 +63,8 @@ def load_results(out: Path) -> list[Result]:
             m = store.read_json(metrics_file)
             if not all(k in m for k in REQUIRED):
                 continue
-            results.append(Result(m["task"], m["method"], m["model"], float(m["sparsity"]), int(m["seed"]),
+            seed = None if m["seed"] is None else int(m["seed"])  # null: an evaluated checkpoint's unknown seed
+            results.append(Result(m["task"], m["method"], m["model"], float(m["sparsity"]), seed,
                                   float(m["final"]["dev"]["score"]), int(m["params"]["nonzero"]), run_dir))
         except (OSError, ValueError, KeyError, TypeError):
             continue

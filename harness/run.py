@@ -24,7 +24,7 @@ import datasets
 import torch
 from filelock import FileLock
 
-from harness import data, models, store
+from harness import data, modelcard, models, store
 from harness.errors import UserError
 from harness.recipe import BuildContext, Phase, Recipe, all_parameters, epochs_to_steps
 from harness.registry import coerce, get_method, make_settings
@@ -61,6 +61,7 @@ class RunConfig:
     # 'auto': bf16 autocast + TF32 on CUDA, fp32 on the CPU (a method preset may ask for fp32: official-code);
     # 'bf16' or 'fp32' force it. Evaluation logits are fp32 whatever this says (docs/gpu.md).
     precision: str = "auto"
+    tensorboard: bool = False            # TensorBoard scalars in <run dir>/tensorboard/ (extra 'tensorboard')
     settings: dict = field(default_factory=dict)   # method-specific settings
 
     def validate(self) -> tuple[Task, object, object]:
@@ -158,6 +159,7 @@ def ensure_teacher(cfg: RunConfig, task: Task, td: TaskData, device, cache_dir: 
         with store.atomic_dir(teacher_dir) as tmp:
             recipe.model.save_pretrained(tmp / "model", safe_serialization=True)
             td.tokenizer.save_pretrained(tmp / "model")
+            modelcard.write_teacher_card(tmp / "model", task, fields, result, td.source, recipe.model)
             store.write_json(tmp / "metrics.json", {"key": fields, "final": result.final, "best": result.best})
     return teacher_dir
 
@@ -179,9 +181,19 @@ def _train(recipe: Recipe, task: Task, td: TaskData, device, cfg: RunConfig, pro
     def train_loader(epoch: int):  # epoch e's shuffle is seed*1000 + e: the data order is reproducible
         return td.train_loader(cfg.seed * 1000 + epoch, pad_to_max_length=recipe.pad_to_max_length)
 
+    hooks = dataclasses.replace(hooks, on_eval=on_eval)
+    tb = None
+    if cfg.tensorboard and history_file is not None:  # a cell's training, not its teacher's (harness/tblog.py)
+        from harness import tblog
+        tb = tblog.for_recipe(history_file.parent, recipe)
+        hooks = tb.hooks(hooks)
     torch.manual_seed(cfg.seed)  # dropout
-    return train(recipe, task, train_loader, td.dev_loader(), device, loop,
-                 train_eval_loader=td.train_eval_loader(), hooks=dataclasses.replace(hooks, on_eval=on_eval))
+    try:
+        return train(recipe, task, train_loader, td.dev_loader(), device, loop,
+                     train_eval_loader=td.train_eval_loader(), hooks=hooks)
+    finally:
+        if tb is not None:
+            tb.close()
 
 
 def sparsity_report(model) -> dict:
@@ -246,5 +258,6 @@ def run_cell(cfg: RunConfig, out_dir: str | os.PathLike, cache_dir: str | os.Pat
                    "teacher": teacher_metrics["final"], "achieved_sparsity": sparsity["overall"],
                    "params": models.count_parameters(final_model),
                    "encoder_layers": final_model.config.num_hidden_layers}
+        modelcard.write_run_card(tmp, task, metrics)  # model/: task labels + README.md (harness/modelcard.py)
         store.write_json(tmp / "metrics.json", metrics)  # last: marks the directory complete
     return metrics

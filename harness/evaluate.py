@@ -21,7 +21,9 @@ import dataclasses
 import hashlib
 import json
 import re
+import shutil
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,6 +265,82 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir, cache_dir=None) -> dict:
         write_eval_card(tmp, task, metrics)
         store.write_json(tmp / "metrics.json", metrics)  # last: marks the directory complete
     return metrics
+
+
+# --- in a grid -------------------------------------------------------------------------------------------------
+
+CHECKPOINT_KEYS = {"path", "name", "tasks", "model", "tokenizer", "label_order", "seed"}
+# run fields of a grid config that an evaluation shares with the grid's cells (the same dev set and lengths)
+SHARED_RUN_FIELDS = ("eval_batch_size", "max_seq_length", "max_eval_examples", "device", "precision")
+
+
+def grid_checkpoints(entries, config_path: Path, tasks: list[str], source: str, model: str, run: dict
+                     ) -> list[EvalConfig]:
+    """A grid config's `checkpoints:` -> one evaluation per (checkpoint, task). An entry:
+    {path: folder or hub id (a relative folder is relative to the config file), name: row name,
+    tasks: [...] (default: the grid's), model: table section (default: the grid's model), tokenizer, label_order,
+    seed}. The grid's data source and shared run fields (dev subset, lengths, precision) apply."""
+    if not entries:
+        return []
+    if not isinstance(entries, list):
+        raise UserError(f"{config_path}: checkpoints: expected a list of {{path: ..., name: ...}}")
+    evals = []
+    for i, entry in enumerate(entries):
+        where = f"{config_path}: checkpoints[{i}]"
+        if not isinstance(entry, dict) or not entry.get("path"):
+            raise UserError(f"{where}: expected a mapping with a 'path'")
+        unknown = set(entry) - CHECKPOINT_KEYS
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                            f"valid: {', '.join(sorted(CHECKPOINT_KEYS))}")
+        path = str(entry["path"])
+        beside = Path(config_path).parent / path
+        if not Path(path).is_absolute() and beside.exists():
+            path = str(beside.resolve())
+        name = str(entry.get("name") or default_name(path))
+        check_name(name)
+        for task in entry.get("tasks") or tasks:
+            evals.append(EvalConfig(checkpoint=path, task=get_task(task).name, name=name,
+                                    model=entry.get("model", model), tokenizer=entry.get("tokenizer"),
+                                    label_order=entry.get("label_order"), seed=entry.get("seed"), glue_dir=source,
+                                    **{k: run[k] for k in SHARED_RUN_FIELDS if k in run}))
+    return evals
+
+
+def checkpoint_id(cfg: EvalConfig) -> str:
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    return f"{cfg.task}-{_slug(cfg.row_name)}-{digest}"
+
+
+def _is_complete(run_dir: Path, cfg: EvalConfig) -> bool:
+    try:
+        config = store.read_json(run_dir / "config.json")
+        metrics = store.read_json(run_dir / "metrics.json")
+    except (OSError, ValueError):
+        return False
+    return "score" in metrics.get("final", {}).get("dev", {}) and all(
+        config.get(f.name) == getattr(cfg, f.name) for f in dataclasses.fields(EvalConfig))
+
+
+def run_grid_checkpoints(evals: list[EvalConfig], out: Path) -> dict:
+    """Evaluate a grid's checkpoints into OUT/checkpoints/<id>/ (done ones skipped; a failure is recorded in
+    OUT/failed/<id>.json and the others go on). Returns {'done': n, 'failed': n}."""
+    counts = {"done": 0, "failed": 0}
+    for leftover in (Path(out) / "checkpoints").glob(".*.partial"):  # a killed runner's (the caller holds the lock)
+        shutil.rmtree(leftover, ignore_errors=True)
+    for cfg in evals:
+        cid = checkpoint_id(cfg)
+        run_dir, failed = Path(out) / "checkpoints" / cid, Path(out) / "failed" / f"{cid}.json"
+        try:
+            if not _is_complete(run_dir, cfg):
+                evaluate_checkpoint(cfg, run_dir, cache_dir=Path(out) / "cache")
+            failed.unlink(missing_ok=True)
+            counts["done"] += 1
+        except Exception as err:  # noqa: BLE001 — recorded like a failed cell; the grid goes on
+            store.write_json(failed, {"id": cid, "error": f"{type(err).__name__}: {err}",
+                                      "traceback": traceback.format_exc()})
+            counts["failed"] += 1
+    return counts
 
 
 # --- the command -------------------------------------------------------------------------------------------------

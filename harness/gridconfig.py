@@ -12,6 +12,8 @@
     task_overrides:             # optional: per-task run fields and method settings
       rte: {settings: {p0: 0.6}, run: {eval_steps: 50}}
     plugins: [my_method.py]     # optional: one-file method plugins, relative to this file
+    checkpoints:                # optional: checkpoints made elsewhere, evaluated as rows of their own
+      - {path: ckpts/mine, name: MyMethod, tasks: [rte]}   # harness/evaluate.py (then `methods` is optional)
     tables: [1]                 # paper tables written after the grid runs
 """
 from __future__ import annotations
@@ -26,12 +28,13 @@ from pathlib import Path
 import yaml
 
 from harness.errors import UserError
+from harness.evaluate import grid_checkpoints
 from harness.registry import get_method, use_plugins
 from harness.run import RunConfig, run_config_fields
 from harness.tasks import get_task
 
 TOP_KEYS = {"name", "description", "model", "glue_dir", "seeds", "tasks", "run", "methods", "task_overrides",
-            "tables", "plugins"}
+            "tables", "plugins", "checkpoints"}
 METHOD_KEYS = {"method", "sparsity", "settings", "run", "tasks"}
 OVERRIDE_KEYS = {"settings", "run"}
 # Fields that do not change what a cell computes, so they stay out of its key.
@@ -59,6 +62,7 @@ class Grid:
     cells: list[Cell]
     tables: list[int]
     source: dict
+    checkpoints: list = dataclasses.field(default_factory=list)  # EvalConfig per (checkpoint, task)
 
 
 def _check_keys(where: str, got: dict, allowed: set[str]) -> None:
@@ -84,7 +88,7 @@ def load_grid(path: str | Path, seeds: int | None = None, glue_dir: str | None =
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     _check_keys(str(path), raw or {}, TOP_KEYS)
-    for required in ("tasks", "methods"):
+    for required in ("tasks",) + (() if raw.get("checkpoints") else ("methods",)):  # checkpoints: harness/evaluate.py
         if not raw.get(required):
             raise UserError(f"{path}: '{required}' is required")
     # plugin paths are relative to the config file
@@ -102,7 +106,7 @@ def load_grid(path: str | Path, seeds: int | None = None, glue_dir: str | None =
     for t, o in overrides.items():
         _check_keys(f"{path}: task_overrides.{t}", o, OVERRIDE_KEYS)
     cells = []
-    for i, entry in enumerate(raw["methods"]):
+    for i, entry in enumerate(raw.get("methods") or []):
         where = f"{path}: methods[{i}]"
         _check_keys(where, entry, METHOD_KEYS)
         method = get_method(entry.get("method", ""))
@@ -123,4 +127,7 @@ def load_grid(path: str | Path, seeds: int | None = None, glue_dir: str | None =
     ids = [c.cell_id for c in cells]
     if len(set(ids)) != len(ids):
         raise UserError(f"{path}: the same cell appears twice")
-    return Grid(name=raw.get("name", path.stem), cells=cells, tables=list(raw.get("tables") or []), source=raw)
+    checkpoints = grid_checkpoints(raw.get("checkpoints"), path, tasks, source, raw.get("model", "bert-base-uncased"),
+                                   shared_run)
+    return Grid(name=raw.get("name", path.stem), cells=cells, tables=list(raw.get("tables") or []), source=raw,
+                checkpoints=checkpoints)

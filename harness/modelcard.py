@@ -195,7 +195,8 @@ def write_run_card(run_dir: Path, task: Task, metrics: dict) -> None:
              ("Made", f"{manifest.get('finished_at', '?')} on {manifest.get('device', '?')}")]
     settings = {"run": {k: v for k, v in config.items()
                         if k not in ("settings", "requested_settings", "resolved", "teacher")},
-                "method_settings": config.get("settings", {})}
+                # as the method resolved them (presets and defaults filled in), where it says
+                "method_settings": config.get("resolved") or config.get("settings", {})}
     text = render(
         title=f"{metrics['method']} · {task.glue_dir_name} · {_pct(metrics['achieved_sparsity'])} sparse "
               f"{Path(metrics['model']).name}",

@@ -3,6 +3,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
@@ -227,3 +228,39 @@ def test_default_name_is_the_folder_or_its_run():
     assert default_name("runs/rte-spd-tiny/model") == "eval:rte-spd-tiny"
     assert default_name("textattack/bert-base-uncased-RTE") == "eval:bert-base-uncased-RTE"
     assert default_name("ckpts/mine/") == "eval:mine"
+
+
+def test_a_grid_lists_checkpoints_as_rows_of_their_own(spd_rte_run, tmp_path, capsys):
+    run, cache = spd_rte_run
+    shutil.copytree(run / "model", tmp_path / "ckpts" / "mine")
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "mine", "model": "tiny", "glue_dir": "samples", "tasks": ["rte"], "tables": [1],
+        "run": {"max_eval_examples": 64},
+        "checkpoints": [{"path": "ckpts/mine", "name": "MyCkpt"},      # relative to the config file
+                        {"path": "ckpts/mine", "name": "Wrong", "tasks": ["mnli"]}]}))
+    out = tmp_path / "out"
+    assert run_cli("run", config, "--out", out, "--quiet") == 1  # the mnli entry fails, the rte one is done
+    assert "1/2 cells done, 1 failed" in capsys.readouterr().out
+    (done,) = (out / "checkpoints").glob("rte-MyCkpt-*/metrics.json")
+    assert read(done)["final"]["dev"] == read(run / "metrics.json")["final"]["dev"]
+    (failure,) = (out / "failed").glob("mnli-Wrong-*.json")
+    assert "3 labels" in read(failure)["error"]
+    row = table_row((out / "table1.md").read_text(), "MyCkpt [ours only]")
+    assert f"{read(run / 'metrics.json')['final']['dev']['score']:.1f}" in row
+    stamp = done.stat().st_mtime_ns
+    assert run_cli("run", config, "--out", out, "--quiet") == 1
+    assert done.stat().st_mtime_ns == stamp  # a finished evaluation is not redone
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"name": "x"}, "checkpoints[0]: expected a mapping with a 'path'"),
+    ({"path": "ckpts/mine", "nmae": "x"}, "checkpoints[0]: unknown key(s) nmae"),
+    ({"path": "ckpts/mine", "name": "spd"}, "'spd' is a registered method"),
+    ({"path": "ckpts/mine", "tasks": ["nope"]}, "unknown task 'nope'"),
+])
+def test_a_bad_checkpoint_entry_is_one_line(entry, expected, tmp_path, capsys):
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump({"name": "g", "tasks": ["rte"], "glue_dir": "samples", "checkpoints": [entry]}))
+    assert run_cli("run", config, "--out", tmp_path / "out") == 2
+    assert expected in one_error_line(capsys)

@@ -136,10 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a one-file method plugin to load (repeatable); it is Python code, run in this process")
     methods.set_defaults(func=cmd_methods)
     sub.add_parser("tasks", help="list GLUE tasks").set_defaults(func=cmd_tasks)
+    from harness.evaluate import add_eval_command
     from harness.grid import add_grid_commands
     from harness.plot import add_plot_command
     add_grid_commands(sub)
     add_plot_command(sub)
+    add_eval_command(sub)
     return p
 
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from harness import store
 from harness.errors import UserError
+from harness.evaluate import run_grid_checkpoints
 from harness.gridconfig import Cell, Grid, load_grid
 from harness.results import best_at_final_shape, read_history
 from harness.run import RunConfig, prepare_teacher, run_cell, saved_key
@@ -241,9 +242,10 @@ def run_grid(grid: Grid, out: Path, executor: str = "local", progress: bool = Tr
             run_slurm(todo, out, slurm or {}, cluster=cluster)
         else:
             run_local(todo, out, progress, workers_per_gpu or grid.workers_per_gpu)
+        evals = run_grid_checkpoints(grid.checkpoints, out)  # the config's `checkpoints:`, evaluated here
         states = [cell_state(out, c) for c in grid.cells]
-        return {"cells": len(grid.cells), "done": states.count("done"), "failed": states.count("failed"),
-                "skipped": skipped}
+        return {"cells": len(grid.cells) + len(grid.checkpoints), "done": states.count("done") + evals["done"],
+                "failed": states.count("failed") + evals["failed"], "skipped": skipped}
     finally:
         lock.release()
 

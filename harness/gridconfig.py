@@ -16,6 +16,8 @@ naming the file and the key).
     task_overrides:             # optional: per-task run fields and method settings
       rte: {settings: {p0: 0.6}, run: {eval_steps: 50}}
     plugins: [my_method.py]     # optional: one-file method plugins, relative to this file (code: they run)
+    checkpoints:                # optional: checkpoints made elsewhere, evaluated as rows of their own
+      - {path: ckpts/mine, name: MyMethod, tasks: [rte]}   # harness/evaluate.py (then `methods` is optional)
     tables: [1]                 # paper tables written after the grid runs
     workers_per_gpu: 1          # cells at once per visible GPU (--workers-per-gpu overrides)
 """
@@ -30,6 +32,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError
 
 from harness.errors import UserError
+from harness.evaluate import grid_checkpoints
 from harness.registry import get_method, make_settings, use_plugins
 from harness.run import RunConfig
 from harness.tasks import get_task
@@ -62,11 +65,12 @@ class GridFile(StrictModel):
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [42], min_length=1)
     tasks: list[str] = Field(min_length=1)
     run: dict[str, Any] = {}
-    methods: list[MethodEntry] = Field(min_length=1)
+    methods: list[MethodEntry] = []
     task_overrides: dict[str, TaskOverride] = {}
     tables: list[Literal[1, 2, 3]] = []
     plugins: list[str] = []
     workers_per_gpu: Annotated[int, Field(ge=1, strict=True)] = 1
+    checkpoints: list[dict[str, Any]] = []   # harness/evaluate.py checks each entry
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Grid:
     tables: list[int]
     source: dict
     workers_per_gpu: int = 1     # cells run at once on each visible GPU (the CPU counts as one)
+    checkpoints: list = dataclasses.field(default_factory=list)  # EvalConfig per (checkpoint, task)
 
 
 def _check_run(where: str, run: dict) -> dict:
@@ -133,6 +138,8 @@ def load_grid(path: str | Path, seeds: int | None = None, glue_dir: str | None =
     is found here, before anything is trained."""
     path = Path(path)
     spec = read_grid_file(path)
+    if not spec.methods and not spec.checkpoints:
+        raise UserError(f"{path}: 'methods' is required (or 'checkpoints', to evaluate checkpoints only)")
     # plugin paths are relative to the config file
     use_plugins([(path.parent / p) for p in spec.plugins])
     source = glue_dir or spec.glue_dir or os.environ.get("GLUE_DIR") or "hub"
@@ -177,5 +184,7 @@ def load_grid(path: str | Path, seeds: int | None = None, glue_dir: str | None =
     ids = [c.cell_id for c in cells]
     if len(set(ids)) != len(ids):
         raise UserError(f"{path}: the same cell appears twice")
+    checkpoints = grid_checkpoints(spec.checkpoints or None, path, tasks, source, spec.model, shared_run)
     return Grid(name=spec.name or path.stem, cells=cells, tables=list(spec.tables),
-                source=spec.model_dump(exclude_unset=True), workers_per_gpu=spec.workers_per_gpu)
+                source=spec.model_dump(exclude_unset=True), workers_per_gpu=spec.workers_per_gpu,
+                checkpoints=checkpoints)

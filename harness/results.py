@@ -34,7 +34,7 @@ class Result:
     method: str
     model: str
     sparsity: float
-    seed: int
+    seed: int | None             # None: an evaluated checkpoint's unknown seed
     score: float                 # final dev score
     nonzero_params: int
     run_dir: Path
@@ -154,7 +154,8 @@ def load_results(out: Path) -> list[Result]:
             if not all(k in m for k in REQUIRED):
                 continue
             best = best_at_final_shape(run_dir, m)
-            results.append(Result(m["task"], m["method"], m["model"], float(m["sparsity"]), int(m["seed"]),
+            seed = None if m["seed"] is None else int(m["seed"])  # null: an evaluated checkpoint's unknown seed
+            results.append(Result(m["task"], m["method"], m["model"], float(m["sparsity"]), seed,
                                   float(m["final"]["dev"]["score"]), int(m["params"]["nonzero"]), run_dir,
                                   best=best["score"], best_step=best["step"], best_source=best["source"],
                                   settings=run_settings(run_dir, m["method"])))

@@ -34,7 +34,7 @@ import torch
 from filelock import FileLock
 from pydantic import Field
 
-from harness import data, models, store
+from harness import data, modelcard, models, store
 from harness.errors import UserError
 from harness.recipe import BuildContext, Phase, Recipe, all_parameters, epochs_to_steps
 from harness.registry import get_method, make_settings
@@ -89,6 +89,7 @@ class RunConfig:
     # True: torch's deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG) on CUDA, so a teacher retrained on
     # another machine of the same kind is the same teacher. Slower; the CPU is deterministic anyway.
     deterministic: bool = False
+    tensorboard: bool = False            # TensorBoard scalars in <run dir>/tensorboard/ (extra 'tensorboard')
     settings: dict = field(default_factory=dict)   # method-specific settings
 
     def validate(self) -> tuple[Task, object, object]:
@@ -120,7 +121,7 @@ KEY_FIELDS_V1 = frozenset({
     "pad_to_max_length", "eval_steps", "max_train_examples", "max_eval_examples", "train_eval_examples",
     "teacher_lr", "teacher_epochs", "weight_decay", "max_grad_norm", "settings"})
 # Fields that do not change what a cell computes, so they stay out of its key.
-NOT_IN_KEY = frozenset({"device", "checkpoint_minutes"})
+NOT_IN_KEY = frozenset({"device", "checkpoint_minutes", "tensorboard"})
 
 
 def _defaults(cls: type) -> dict:
@@ -263,6 +264,7 @@ def ensure_teacher(cfg: RunConfig, task: Task, td: TaskData, device, cache_dir: 
         with store.atomic_dir(teacher_dir) as tmp:
             recipe.model.save_pretrained(tmp / "model", safe_serialization=True)
             td.tokenizer.save_pretrained(tmp / "model")
+            modelcard.write_teacher_card(tmp / "model", task, fields, result, td.source, recipe.model)
             # The weights' checksum goes into every cell trained from this teacher: a grid resumed on a fresh
             # machine retrains its teachers, and the cells then say whether theirs was the same one.
             store.write_json(tmp / "metrics.json", {
@@ -273,7 +275,7 @@ def ensure_teacher(cfg: RunConfig, task: Task, td: TaskData, device, cache_dir: 
 
 
 # Settings that do not change what a run computes: a run resumed with other values is the same run.
-NOT_IN_IDENTITY = ("device", "checkpoint_minutes")
+NOT_IN_IDENTITY = ("device", "checkpoint_minutes", "tensorboard")
 
 
 def checkpointer(cfg: RunConfig, final_dir: Path, extra: dict) -> Checkpointer:
@@ -307,10 +309,20 @@ def _train(recipe: Recipe, task: Task, td: TaskData, device, cfg: RunConfig, pro
     def train_loader(epoch: int):  # epoch e's shuffle is seed*1000 + e: the data order is reproducible
         return td.train_loader(cfg.seed * 1000 + epoch, pad_to_max_length=recipe.pad_to_max_length)
 
+    hooks = dataclasses.replace(hooks, on_eval=on_eval)
+    tb = None
+    if cfg.tensorboard and history_file is not None:  # a cell's training, not its teacher's (harness/tblog.py)
+        from harness import tblog
+        tb = tblog.for_recipe(history_file.parent, recipe)
+        hooks = tb.hooks(hooks)
     torch.manual_seed(cfg.seed)  # dropout
-    return train(recipe, task, train_loader, td.dev_loader(), device, loop,
-                 train_eval_loader=td.train_eval_loader(),
-                 hooks=dataclasses.replace(hooks, on_eval=on_eval, on_resume=on_resume))
+    try:
+        return train(recipe, task, train_loader, td.dev_loader(), device, loop,
+                     train_eval_loader=td.train_eval_loader(),
+                     hooks=dataclasses.replace(hooks, on_resume=on_resume))
+    finally:
+        if tb is not None:
+            tb.close()
 
 
 def sparsity_report(model) -> dict:
@@ -384,6 +396,8 @@ def run_cell(cfg: RunConfig, out_dir: str | os.PathLike, cache_dir: str | os.Pat
                    "teacher_weights_sha256": teacher_metrics.get("weights_sha256"),
                    "params": models.count_parameters(final_model),
                    "encoder_layers": final_model.config.num_hidden_layers}
+        if cfg.save_model:  # model/: task labels + README.md (harness/modelcard.py)
+            modelcard.write_run_card(tmp, task, metrics)
         store.write_json(tmp / "metrics.json", metrics)  # last: marks the directory complete
     ckpt.discard()  # the run is whole: its mid-training state has done its job
     return metrics

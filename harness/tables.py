@@ -91,7 +91,7 @@ def _significance(task: str, rs: list[Result], spd: list[Result]) -> str:
     """'*' when the paired bootstrap says this method differs from SPD (needs two seeds on each side)."""
     if len(rs) < 2 or len(spd) < 2 or rs[0].method == "spd":
         return ""
-    pa = [r.predictions()[0] for r in sorted(rs, key=lambda r: r.seed)]
+    pa = [r.predictions()[0] for r in sorted(rs, key=lambda r: (r.seed is None, r.seed or 0))]
     pb = [r.predictions()[0] for r in sorted(spd, key=lambda r: r.seed)]
     labels = rs[0].predictions()[1]
     _, p = paired_bootstrap(get_task(task), pa, pb, labels, n_resamples=500)
@@ -205,7 +205,7 @@ def render_table(number: int, out: Path, report: str = "best") -> str:
                      + (f" ({sparsity:.1%} sparse)" if sparsity and not sparsity_column else "") + " [ours only]")
             rows.append(with_sparsity(_row(label, method, sparsity, variant, columns, cells, None, None,
                                            spd_sparsity, report), sparsity))
-        seeds = sorted({r.seed for r in cells.results})
+        seeds = sorted({r.seed for r in cells.results if r.seed is not None})
         parts += [f"## Model: `{model}` — seeds: {', '.join(map(str, seeds)) or '—'}", "",
                   tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
     notes = [f"- {r['label']}: {r['note']}" for r in paper["rows"] if r.get("note")]

@@ -46,3 +46,13 @@ def snapshot(module):
 
 def deep(model):
     return copy.deepcopy(model)
+
+
+@pytest.fixture(scope="session")
+def spd_rte_run(tmp_path_factory):
+    """One finished tiny SPD cell on RTE (50% sparse, seed 1) and its cache, shared read-only by the tests of
+    evaluation (test_eval) and model cards (test_modelcard). Tests must not change it."""
+    from tests.helpers import fast_run
+    root = tmp_path_factory.mktemp("spd-rte")
+    assert fast_run("spd", "rte", root / "run", root / "cache", sparsity=0.5) == 0
+    return root / "run", root / "cache"

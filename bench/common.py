@@ -167,5 +167,5 @@ def glue_dir(quick: bool = False) -> str:
 def random_loaders(task, vocab_size: int, batch: int, seq: int, steps: int, eval_n: int = 8):
     """(make_train_loader(epoch), dev loader) over random token ids: `steps` batches of batch x seq, one of eval_n."""
     from harness import cost
-    return cost.loaders(cost.random_examples(batch * steps, seq, task, vocab_size),
-                        cost.random_examples(eval_n, seq, task, vocab_size, seed=1), batch, eval_n)
+    return cost.loaders(cost.random_examples([seq] * (batch * steps), task, vocab_size),
+                        cost.random_examples([seq] * eval_n, task, vocab_size, seed=1), batch, eval_n)

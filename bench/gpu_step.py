@@ -78,7 +78,8 @@ def floor(pretrained, batches: list[dict], device, warmup: int, compiled: bool) 
     for batch in batches[warmup:]:
         step(batch)
     cost.synchronize(device)
-    return (time.perf_counter() - t0) / (len(batches) - warmup), torch.cuda.max_memory_allocated(device) if cuda else None
+    seconds = (time.perf_counter() - t0) / (len(batches) - warmup)
+    return seconds, torch.cuda.max_memory_allocated(device) if cuda else None
 
 
 def measure_shape(label, pretrained, task, spe, make_loader, dev, device, args, peak) -> list[list]:
@@ -156,8 +157,10 @@ def profile_spd(pretrained, task, spe, make_loader, dev, device, args, steps: in
     host = sorted((a for a in averages if a.device_type == DeviceType.CPU), key=lambda a: -a.self_cpu_time_total)
     lines = [f"### torch.profiler: {steps} steps of SPD's pruning phase through the loop, per step",
              "", f"Wall time {state['wall'] / 1000:.2f} ms per step."]
-    if cuda:
-        events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    if cuda and not events:
+        lines[-1] += " The profiler recorded no device events (is CUPTI available?): no GPU breakdown."
+    elif cuda:
         busy, gaps = union_busy([(e.time_range.start, e.time_range.end) for e in events])
         lines[-1] += (f" The GPU was busy {busy / steps / 1000:.2f} ms of it ({100 * busy / steps / state['wall']:.0f} "
                       f"%), {len(events) / steps:.0f} kernels and copies per step; between them it idled "
@@ -219,12 +222,16 @@ def main(argv=None) -> int:
                   else models.load_pretrained(args.model, task, 42))
     spe = cost.GLUE_SIZES[task.name][0] // args.batch
     peak = peak_tflops(torch.cuda.get_device_name(device)) if cuda else None
-    source = glue_dir(args.quick)
+    try:
+        source, skipped = glue_dir(args.quick), ""
+    except SystemExit as missing:      # the random shape still runs
+        source, skipped = None, f"Real-length rows skipped: {missing}."
     random_train, dev = random_loaders(task, pretrained.config.vocab_size, args.batch, args.seq,
                                        args.warmup + args.steps)
-    shapes = [(f"random {args.batch} x {args.seq}", random_train),
-              (f"real {task.name.upper()}, dynamic padding",
-               real_loader(task, args.model, source, args.batch, args.seq))]
+    shapes = [(f"random {args.batch} x {args.seq}", random_train)]
+    if source:
+        shapes.append((f"real {task.name.upper()}, dynamic padding",
+                       real_loader(task, args.model, source, args.batch, args.seq)))
     rows = []
     for label, make_loader in shapes:
         rows += measure_shape(label, pretrained, task, spe, make_loader, dev, device, args, peak)
@@ -248,9 +255,9 @@ def main(argv=None) -> int:
         f"`{args.model}` ({sum(p.numel() for p in pretrained.parameters()) / 1e6:.1f}M parameters), task head "
         f"{task.name}; per phase {args.warmup} warm-up + {args.steps} timed steps through `harness.train.train` "
         f"(precision auto: bf16 autocast + TF32 on CUDA), RTE-sized stage lengths, the phase's own grafting "
-        f"probabilities; pruning events excluded. `vs floor`: against the fastest floor of the same batches. Real "
-        f"batches from `{source}`. FLOPs from harness/cost.py's model (embeddings, softmax and element-wise ops not "
-        f"counted). See the script's docstring for the method.",
+        f"probabilities; pruning events excluded. `vs floor`: against the fastest floor of the same batches. "
+        + (f"Real batches from `{source}`. " if source else skipped) + "FLOPs from harness/cost.py's model "
+        "(embeddings, softmax and element-wise ops not counted). See the script's docstring for the method.",
         "",
         table,
         "",

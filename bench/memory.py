@@ -113,7 +113,7 @@ def child(variant: str, model_name: str, task_name: str, batch: int, seq: int, s
 
 
 def main(argv=None) -> int:
-    ap = bench_parser(__doc__, quick="the tiny model, batch 8 x 64, theseus only (its draw set by a hook), no docs update",
+    ap = bench_parser(__doc__, quick="tiny model, batch 8 x 64, theseus only (its draw set by a hook), no docs",
                       batch_shape=True)
     ap.add_argument("--steps", type=int, default=2, help="steps of the phase (at least 2: warm-up + steady)")
     ap.add_argument("--methods", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))

@@ -398,23 +398,22 @@ def probe_phases(recipe: Recipe, task: Task, make_loader: Callable[[int], object
     return results
 
 
-def random_examples(n: int, length: int, task: Task, vocab_size: int, seed: int = 0):
-    """`n` tokenized examples of `length` random word pieces ([CLS] ... [SEP], no padding) with random labels."""
+def random_examples(lengths: list[int], task: Task, vocab_size: int, seed: int = 0):
+    """Tokenized examples of random word pieces ([CLS] ... [SEP]), one per length, with random labels."""
     import datasets
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, vocab_size, (n, max(2, length)), generator=g)
-    ids[:, 0], ids[:, -1] = 101, 102
-    labels = (torch.rand(n, generator=g) * 5).tolist() if task.is_regression else \
-        torch.randint(0, task.num_labels, (n,), generator=g).tolist()
-    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
-                                       "token_type_ids": torch.zeros_like(ids).tolist(), "labels": labels})
+    ids = [[101, *torch.randint(1000, vocab_size, (max(2, n) - 2,), generator=g).tolist(), 102] for n in lengths]
+    labels = (torch.rand(len(ids), generator=g) * 5).tolist() if task.is_regression else \
+        torch.randint(0, task.num_labels, (len(ids),), generator=g).tolist()
+    return datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids],
+                                       "token_type_ids": [[0] * len(x) for x in ids], "labels": labels})
 
 
-def loaders(train_ds, eval_ds, batch_size: int, eval_batch_size: int):
+def loaders(train_ds, eval_ds, batch_size: int, eval_batch_size: int, shuffle: bool = True):
     """(make_train_loader(epoch), eval loader) through harness.data.make_loader, as a run batches its data."""
     from harness import data, models
     tokenizer = models.load_tokenizer("tiny")   # bert-base-uncased's vocabulary: the collator pads with it
-    make = lambda epoch: data.make_loader(train_ds, tokenizer, batch_size, shuffle=True, seed=epoch)  # noqa: E731
+    make = lambda epoch: data.make_loader(train_ds, tokenizer, batch_size, shuffle=shuffle, seed=epoch)  # noqa: E731
     return make, data.make_loader(eval_ds, tokenizer, eval_batch_size, shuffle=False, seed=0)
 
 
@@ -422,12 +421,15 @@ def loaders(train_ds, eval_ds, batch_size: int, eval_batch_size: int):
 
 @dataclass
 class Lengths:
-    train: float          # padded length of a training batch
-    dev: float            # padded length per dev example (evaluation batches)
-    train_eval: float     # padded length per train-subset example
-    measured: bool        # from the data's tokens (False: the FLOP model's rule)
-    read_seconds: float = 0.0       # reading the task's train and dev splits, as every cell does
-    tokenize_seconds: float = 0.0   # tokenizing the examples a cell uses (a teacher does it for its cells)
+    """Padded lengths a cell computes on, and what its data costs outside the loop."""
+    train: float                     # mean padded length of a training batch
+    dev: float                       # padded length per dev example (evaluation batches)
+    train_eval: float                # padded length per train-subset example
+    measured: bool                   # from the cell's own tokenized data (False: the FLOP model's rule)
+    train_batches: list[float] = dataclasses.field(default_factory=list)   # sorted padded lengths of batches
+    dev_lengths: list[int] = dataclasses.field(default_factory=list)       # dev examples' lengths, in order
+    read_seconds: float = 0.0        # every cell: its tokenizer, and its splits from the tokenized cache
+    tokenize_seconds: float = 0.0    # tokenizing them (a teacher does it for its cells)
 
 
 @dataclass
@@ -435,7 +437,7 @@ class Probe:
     step_seconds: dict[str, float]   # phase name -> seconds per step
     event_seconds: float             # one pruning event
     eval_token_seconds: float        # evaluation, per padded token
-    outside_seconds: float = 0.0     # recipe build, export, checkpoint save and load, sparsity report
+    outside_seconds: float = 0.0     # recipe build, export, checkpoint save and load, reports, manifest
 
 
 def cell_seconds(plan: CellPlan, probe: Probe, lengths: Lengths) -> dict[str, float]:
@@ -449,13 +451,13 @@ def cell_seconds(plan: CellPlan, probe: Probe, lengths: Lengths) -> dict[str, fl
     return {**parts, "total": sum(parts.values())}
 
 
-def random_batches_length(lengths: list[int], batch_size: int, draws: int = 256, seed: int = 0) -> float:
-    """Expected padded length of a shuffled batch: the mean, over random batches, of its longest example."""
+def batch_lengths(lengths: list[int], batch_size: int, draws: int = 256, seed: int = 0) -> list[float]:
+    """Padded lengths of shuffled batches (the longest example of each), sorted: a sample of `draws` batches."""
     if len(lengths) <= batch_size:
-        return float(max(lengths))
+        return [float(max(lengths))]
     g = torch.Generator().manual_seed(seed)
     t = torch.tensor(lengths, dtype=torch.float)
-    return float(sum(t[torch.randperm(len(t), generator=g)[:batch_size]].max() for _ in range(draws)) / draws)
+    return sorted(float(t[torch.randperm(len(t), generator=g)[:batch_size]].max()) for _ in range(draws))
 
 
 def sequential_length(lengths: list[int], batch_size: int) -> float:
@@ -464,46 +466,74 @@ def sequential_length(lengths: list[int], batch_size: int) -> float:
     return sum(max(c) * len(c) for c in chunks) / len(lengths)
 
 
-def _token_lengths(task: Task, source: str, split: str, clock, limit: int = 4096) -> tuple:
-    """(word pieces per example of a local split, at most `limit` chosen at random; seconds to read the split;
-    seconds to tokenize one example), or (None, 0, 0) without local data."""
+def _cell_data(cell_cfg, clock, cache_dir: Path):
+    """(the cell's TaskData, seconds a cell spends on its tokenizer and cached splits, seconds to tokenize them), or
+    None when the data is not local (the hub: calibrating downloads nothing)."""
     from harness import data, models
-    if source == data.HUB:
-        return None, 0.0, 0.0
+    from harness.errors import UserError
+    from harness.run import TaskData
+    if data.resolve_source(cell_cfg.glue_dir) == data.HUB:
+        return None
+    task = get_task(cell_cfg.task)
+
+    def setup():
+        try:
+            tokenizer = models.load_tokenizer(cell_cfg.model)
+        except UserError:      # not cached offline: bert-base-uncased's vocabulary, packaged
+            tokenizer = models.load_tokenizer("tiny")
+        return TaskData(cell_cfg, task, tokenizer, cache_dir)
     t0 = clock()
-    ds = data.load_split(task, split, source)
-    read = clock() - t0
-    if len(ds) > limit:
-        ds = ds.shuffle(seed=0).select(range(limit))
+    setup()                    # reads and tokenizes, into a scratch cache
+    first = clock() - t0
     t0 = clock()
-    ids = data.tokenize(ds, models.load_tokenizer("tiny"), 10 ** 6)["input_ids"]
-    return [len(x) for x in ids], read, (clock() - t0) / len(ids)
+    td = setup()               # what every cell then does: the tokenized cache
+    again = clock() - t0
+    return td, again, max(0.0, first - again)
 
 
-def cell_lengths(cell_cfg, plan: CellPlan, cache: dict, clock=time.perf_counter) -> Lengths:
-    from harness import data
+def cell_lengths(cell_cfg, plan: CellPlan, cache: dict, cache_dir: Path, clock=time.perf_counter,
+                 limit: int = 4096) -> Lengths:
+    """`cache` holds each distinct data set's TaskData (tokenized into `cache_dir`, a scratch directory)."""
     from harness.errors import UserError
     task = get_task(cell_cfg.task)
-    max_len, pad = cell_cfg.max_seq_length, cell_cfg.pad_to_max_length
-    key = (task.name, str(cell_cfg.glue_dir))
+    key = json.dumps([task.name, cell_cfg.glue_dir, cell_cfg.model, cell_cfg.max_seq_length, cell_cfg.seed,
+                      cell_cfg.max_train_examples, cell_cfg.max_eval_examples])
     if key not in cache:
         try:
-            source = data.resolve_source(cell_cfg.glue_dir)
-            (train_lengths, train_s, per_example), (dev_lengths, dev_s, _) = (
-                _token_lengths(task, source, split, clock) for split in ("train", "dev"))
-            cache[key] = (train_lengths, dev_lengths, train_s + dev_s, per_example)
+            cache[key] = _cell_data(cell_cfg, clock, cache_dir)
         except (UserError, OSError):
-            cache[key] = (None, None, 0.0, 0.0)
-    train_lengths, dev_lengths, read_seconds, per_example = cache[key]
-    if train_lengths is None or dev_lengths is None:
+            cache[key] = None
+    max_len = cell_cfg.max_seq_length
+    if cache[key] is None:
         rule = _padded_length(cell_cfg, task)
         return Lengths(_padded_length(cell_cfg, task, plan.pad), rule, rule, False)
-    clip = lambda xs: [min(x, max_len) for x in xs]  # noqa: E731
-    train, dev = clip(train_lengths), clip(dev_lengths)
-    return Lengths(max_len if plan.pad else random_batches_length(train, cell_cfg.batch_size),
-                   max_len if pad else sequential_length(dev[:plan.dev_n], cell_cfg.eval_batch_size),
-                   max_len if pad else sequential_length(train[:max(1, plan.train_eval_n)], cell_cfg.eval_batch_size),
-                   True, read_seconds, per_example * (plan.train_n + plan.dev_n))
+    td, read, tokenize = cache[key]
+    sample = td.train.shuffle(seed=0).select(range(min(limit, len(td.train))))
+    train = [len(x) for x in sample["input_ids"]]
+    dev = [len(x) for x in td.dev["input_ids"]]
+    train_eval = [len(x) for x in td.train.select(range(max(1, plan.train_eval_n)))["input_ids"]]
+    batches = [float(max_len)] if plan.pad else batch_lengths(train, cell_cfg.batch_size)
+    padded = cell_cfg.pad_to_max_length   # evaluation pads only when the run pads everything
+    return Lengths(sum(batches) / len(batches),
+                   max_len if padded else sequential_length(dev, cell_cfg.eval_batch_size),
+                   max_len if padded else sequential_length(train_eval, cell_cfg.eval_batch_size),
+                   True, batches, [max_len] * len(dev) if padded else dev, read, tokenize)
+
+
+def _probe_examples(lengths: Lengths, batch_size: int, eval_batch_size: int, warmup: int, steps: int,
+                    task: Task, vocab_size: int):
+    """Training examples in batch order, batch i padded to the i-th of `steps` evenly spaced quantiles of the cell's
+    batch lengths (warm-up batches: the median), and evaluation examples at the dev set's first lengths."""
+    if lengths.train_batches:
+        q = lengths.train_batches
+        pick = [q[len(q) // 2]] * warmup + [q[min(len(q) - 1, (2 * i + 1) * len(q) // (2 * steps))]
+                                            for i in range(steps)]
+    else:
+        pick = [lengths.train] * (warmup + steps)
+    train = [round(x) for x in pick for _ in range(batch_size)]
+    dev = (lengths.dev_lengths or [round(lengths.dev)] * 2 * eval_batch_size)[:2 * eval_batch_size]
+    return random_examples(train, task, vocab_size), random_examples(dev, task, vocab_size, seed=1), \
+        sum(max(c) * len(c) for c in (dev[i:i + eval_batch_size] for i in range(0, len(dev), eval_batch_size)))
 
 
 def measure_probe(cell_cfg, plan: CellPlan, lengths: Lengths, device: torch.device, *, teacher: bool,
@@ -518,12 +548,10 @@ def measure_probe(cell_cfg, plan: CellPlan, lengths: Lengths, device: torch.devi
         recipe = build_recipe(cell_cfg.method, cell_cfg.settings, model, task,
                               max(1, plan.train_n // cell_cfg.batch_size), cell_cfg.sparsity, cell_cfg.seed)
     build = clock() - t0
-    vocab = model.config.vocab_size
-    eval_length = round(lengths.dev)
-    eval_ds = random_examples(2 * cell_cfg.eval_batch_size, eval_length, task, vocab, seed=1)
-    make_loader, eval_loader = loaders(random_examples(cell_cfg.batch_size * (warmup + steps), round(lengths.train),
-                                                       task, vocab), eval_ds, cell_cfg.batch_size,
-                                       cell_cfg.eval_batch_size)
+    train_ds, eval_ds, eval_tokens = _probe_examples(lengths, cell_cfg.batch_size, cell_cfg.eval_batch_size, warmup,
+                                                     steps, task, model.config.vocab_size)
+    make_loader, eval_loader = loaders(train_ds, eval_ds, cell_cfg.batch_size, cell_cfg.eval_batch_size,
+                                       shuffle=False)
     watches = probe_phases(recipe, task, make_loader, eval_loader, device, warmup=warmup, steps=steps,
                            precision=cell_cfg.precision, clock=clock, seed=cell_cfg.seed)
     precision = resolve_precision(cell_cfg.precision, recipe.precision, device)
@@ -533,22 +561,23 @@ def measure_probe(cell_cfg, plan: CellPlan, lengths: Lengths, device: torch.devi
     if recipe.pruner is not None and plan.events:
         event = timed(lambda: recipe.pruner.prune_to(recipe.pruner.final_sparsity), device, clock)
     with tempfile.TemporaryDirectory(prefix="spd-bench-calibrate-") as tmp:
-        outside = build + timed(lambda: _outside_loop(recipe, Path(tmp)), device, clock, reps=1)
-    return Probe({name: w.seconds_per_step for name, w in watches}, event, evaluation / (len(eval_ds) * eval_length),
-                 outside)
+        outside = build + timed(lambda: _outside_loop(recipe, Path(tmp), device, cell_cfg.seed), device, clock,
+                                reps=1)
+    return Probe({name: w.seconds_per_step for name, w in watches}, event, evaluation / eval_tokens, outside)
 
 
-def _outside_loop(recipe: Recipe, tmp: Path) -> None:
+def _outside_loop(recipe: Recipe, tmp: Path, device: torch.device, seed: int) -> None:
     """What run_cell does around the loop with the model: export, save it with its tokenizer, report its
-    sparsity and parameters, and load a checkpoint of its size (the cached teacher). Runs last: it may move the
-    model to the CPU."""
-    from harness import models
+    sparsity and parameters, write its manifest, and load a checkpoint of its size (the cached teacher). Runs
+    last: it may move the model to the CPU."""
+    from harness import models, store
     from harness.run import sparsity_report
     final = recipe.export(recipe.model).cpu()
     final.save_pretrained(tmp / "model", safe_serialization=True)
     models.load_tokenizer("tiny").save_pretrained(tmp / "model")
     sparsity_report(final)
     models.count_parameters(final)
+    store.write_json(tmp / "manifest.json", store.manifest(device, seed, time.time(), time.time()))
     models.load_checkpoint(tmp / "model")
 
 
@@ -567,10 +596,11 @@ def calibrate(grid: Grid, device: torch.device, warmup: int = 3, steps: int = 10
     """Measured seconds of every cell and teacher of `grid` on `device` (see the module's docstring)."""
     started = clock()
     length_cache, probes, rows = {}, {}, []
+    scratch = tempfile.TemporaryDirectory(prefix="spd-bench-calibrate-")
 
     def estimate(cell_cfg, teacher: bool) -> dict:
         plan = cell_plan(cell_cfg, teacher=teacher)
-        lengths = cell_lengths(cell_cfg, plan, length_cache, clock)
+        lengths = cell_lengths(cell_cfg, plan, length_cache, Path(scratch.name), clock)
         as_teacher = teacher or not plan.phases   # a recipe with no steps (dense) evaluates the teacher's model
         key = _probe_key(cell_cfg, plan, lengths, as_teacher)
         if key not in probes:
@@ -583,8 +613,9 @@ def calibrate(grid: Grid, device: torch.device, warmup: int = 3, steps: int = 10
                          f"{probe.outside_seconds:.2f}"] for name, seconds in probe.step_seconds.items())
         return {**cell_seconds(plan, probes[key], lengths), "measured_lengths": lengths.measured}
 
-    cells = [(cell, estimate(cell.cfg, False)) for cell in grid.cells]
-    teachers = {ident: estimate(cfg, True) for ident, cfg in _teacher_cells(grid).items()}
+    with scratch:
+        cells = [(cell, estimate(cell.cfg, False)) for cell in grid.cells]
+        teachers = {ident: estimate(cfg, True) for ident, cfg in _teacher_cells(grid).items()}
     return {"cells": cells, "teachers": teachers, "probes": rows, "seconds": clock() - started,
             "warmup": warmup, "steps": steps}
 

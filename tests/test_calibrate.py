@@ -49,11 +49,24 @@ def test_n_evaluations_is_what_the_loop_does(phase_steps, eval_steps, batch):
 
 
 def test_padded_lengths():
-    assert cost.random_batches_length([7] * 100, 32) == 7
-    assert cost.random_batches_length([3, 9, 4], 32) == 9                     # one batch holds them all
+    assert cost.batch_lengths([7] * 100, 32) == [7] * 256
+    assert cost.batch_lengths([3, 9, 4], 32) == [9]                          # one batch holds them all
     # one long example in 100: a batch of 10 holds it with probability 0.1 -> 0.1 x 100 + 0.9 x 1
-    assert cost.random_batches_length([1] * 99 + [100], 10, draws=2000) == pytest.approx(10.9, abs=2.5)
+    sample = cost.batch_lengths([1] * 99 + [100], 10, draws=2000)
+    assert set(sample) == {1, 100} and sum(sample) / len(sample) == pytest.approx(10.9, abs=2.5)
+    assert sample == sorted(sample)
     assert cost.sequential_length([1, 2, 3, 10], 2) == (2 * 2 + 10 * 2) / 4
+
+
+def test_probe_batches_follow_the_cells_batch_lengths():
+    lengths = cost.Lengths(train=25, dev=12, train_eval=12, measured=True, train_batches=[10, 20, 30, 40],
+                           dev_lengths=[5, 12, 3, 4, 9])
+    train, dev, eval_tokens = cost._probe_examples(lengths, 2, 2, warmup=1, steps=2, task=get_task("rte"),
+                                                   vocab_size=30522)
+    # warm-up at the median, then the quantiles 1/4 and 3/4; two examples a batch, in batch order
+    assert [len(x) for x in train["input_ids"]] == [30, 30, 20, 20, 40, 40]
+    assert [len(x) for x in dev["input_ids"]] == [5, 12, 3, 4]             # two evaluation batches
+    assert eval_tokens == 12 * 2 + 4 * 2
 
 
 def test_a_probe_samples_its_phase_schedule_evenly():
@@ -106,6 +119,7 @@ def test_calibrated_plan_is_within_25_percent_of_running_the_grid(tmp_path, caps
     summary = run_grid(grid, tmp_path / "out", progress=False)
     measured = time.process_time() - t0
     assert summary["done"] == 2
+    print(f"calibrated estimate {estimate:.1f} s, measured {measured:.1f} s (CPU time): {estimate / measured:.2f}")
     assert all(e["measured_lengths"] for _, e in c["cells"])
     assert 0.75 <= estimate / measured <= 1.25, (estimate, measured)
     # the command line prints the measured table

@@ -12,6 +12,7 @@ recipes interleaved, the fastest round kept: other jobs on a shared machine slow
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per phase (default 3)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default %(default)s)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = ap.parse_args(argv)
     if args.quick:
         args.model, args.batch, args.seq, args.steps, args.rounds, args.threads = "tiny", 8, 32, 1, 1, 1
@@ -54,17 +56,18 @@ def main(argv=None) -> int:
     spe = cost.GLUE_SIZES["rte"][0] // args.batch
     make_loader, dev = random_loaders(task, pretrained.config.vocab_size, args.batch, args.seq,
                                       args.warmup + args.steps)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     best: dict[tuple[str, str], cost.Stopwatch] = {}
     for r in range(args.rounds):
         for label, rec, only in variants(pretrained, task, spe):
             for phase, watch in cost.probe_phases(rec, task, make_loader, dev, device, warmup=args.warmup,
-                                                  steps=args.steps, only=only):
+                                                  steps=args.steps, only=only, clock=clock):
                 if (label, phase) not in best or watch.seconds_per_step < best[label, phase].seconds_per_step:
                     best[label, phase] = watch
                 print(f"round {r + 1}: {label} / {phase}: {watch.seconds_per_step:.3f} s/step", flush=True)
     spd = recipe("spd", pretrained, task, spe)
-    event = cost.timed(lambda: spd.pruner.prune_to(0.9), device, reps=3)
-    apply = cost.timed(spd.pruner.apply, device, reps=5)
+    event = cost.timed(lambda: spd.pruner.prune_to(0.9), device, clock, reps=3)
+    apply = cost.timed(spd.pruner.apply, device, clock, reps=5)
     torch.set_num_threads(threads)
 
     base = best["teacher", "finetune"].seconds_per_step
@@ -79,7 +82,8 @@ def main(argv=None) -> int:
     body = "\n".join([
         section_header("Step cost of every method (CPU)", m),
         f"`{args.model}` ({sum(p.numel() for p in pretrained.parameters()) / 1e6:.1f}M parameters), batches of "
-        f"{args.batch} x {args.seq} random token ids, task head {args.task}, {args.threads} torch thread(s). Each "
+        f"{args.batch} x {args.seq} random token ids, task head {args.task}, {args.threads} torch thread(s), "
+        f"{'process CPU' if args.clock == 'cpu' else 'wall'} time. Each "
         f"recipe built as the harness builds it; each phase runs {args.warmup} warm-up + {args.steps} timed steps of "
         f"`harness.train.train` at the phase's own grafting probabilities (sampled across the phase), the fastest "
         f"of {args.rounds} interleaved rounds. `teacher` is the teacher's fine-tuning (every parameter, task loss): "

@@ -268,6 +268,8 @@ def cmd_plan(args) -> int:
     out = out if out.is_dir() else None
     if args.calibrate:
         from harness.models import pick_device
+        if min(args.calibrate_steps, args.calibrate_warmup) < 1:
+            raise UserError("--calibrate-steps and --calibrate-warmup must be at least 1")
         print(plan_calibrated(grid, out, pick_device(args.device), args.calibrate_warmup, args.calibrate_steps))
     else:
         print(plan_grid(grid, out, tflops=args.tflops, gpu=args.gpu))

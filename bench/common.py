@@ -1,4 +1,4 @@
-"""Shared helpers of the bench/ scripts: machine description, interleaved timing, and docs/performance.md sections.
+"""Shared helpers of the bench/ scripts: machine description, the recipes they time, and docs/performance.md sections.
 
 Every script rewrites only its own section of docs/performance.md, between
 
@@ -11,16 +11,15 @@ so the scripts can be re-run independently and in any order.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import platform
 import re
 import statistics
 import sys
-import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -36,13 +35,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HEADER = """# Performance
 
-Measured costs of the harness on a CPU machine, written by the scripts in `bench/`. Each script rewrites only
+Measured costs of the harness, written by the scripts in `bench/`: the GPU section by `bench/gpu_step.py` on a
+CUDA machine, the others on a CPU machine (each section names its machine and command). Each script rewrites only
 its own section below (between its `<!-- bench:NAME -->` markers), so they can be re-run independently:
 `.venv/bin/python bench/<name>.py` (`--quick` is a smoke check that prints and writes nothing; `--no-docs`
 prints only).
-
-Every comparison is measured inside ONE process with the variants interleaved (A, B, B, A, ...), and the
-tables report medians and ratios of medians: on a shared machine ratios are what to read.
 """
 
 
@@ -76,10 +73,12 @@ def machine() -> dict:
 
 
 def machine_lines(m: dict | None = None) -> list[str]:
+    import torch
     m = m or machine()
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return [f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-            f"- machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, no GPU "
+            f"- machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, {gpu} "
             f"(load average at start {m['load']})",
             f"- packages: Python {m['python']}, {versions}"]
 
@@ -90,7 +89,8 @@ def command_line() -> str:
         script = script.relative_to(REPO)
     except ValueError:
         pass
-    return " ".join([".venv/bin/python", str(script), *sys.argv[1:]])
+    python = ".venv/bin/python" if "/.venv/" in sys.executable else "python"
+    return " ".join([python, str(script), *sys.argv[1:]])
 
 
 def update_section(name: str, body: str, path: Path = PERFORMANCE_MD) -> None:
@@ -133,36 +133,39 @@ def section_header(title: str, m: dict | None = None) -> str:
     return "\n".join([f"## {title}", "", f"`{command_line()}`", "", *machine_lines(m), ""])
 
 
-def interleave(variants: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
-               sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
-    """Seconds of each call, the variants alternating (A B A B ...) so background load hits them alike."""
-    for _ in range(warmup):
-        for fn in variants.values():
-            fn()
-    times = {name: [] for name in variants}
-    for i in range(reps):
-        order = list(variants.items())
-        if i % 2:        # A B, B A, A B, ...: neither variant always runs right after the other
-            order.reverse()
-        for name, fn in order:
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
 def median(xs) -> float:
     return statistics.median(xs)
 
 
-def spread(xs) -> str:
-    """min-max of a list of seconds, as text."""
-    return f"{min(xs):.3f}-{max(xs):.3f}"
+def builtin_methods() -> list[str]:
+    """The methods this repository ships that train (dense only evaluates), in registry order."""
+    from harness.registry import all_methods
+    return [name for name, m in all_methods().items()
+            if name != "dense" and m.build.__module__.split(".")[0] in ("spd", "baselines")]
 
 
-def glue_dir() -> Path:
-    if not SHARED_GLUE.is_dir():
-        raise SystemExit(f"real GLUE data not found at {SHARED_GLUE}")
-    return SHARED_GLUE
+def recipe(name: str, pretrained, task, steps_per_epoch: int):
+    """`name`'s recipe on a private copy of `pretrained`, built as the harness builds it (default settings, 90 %
+    sparsity); 'teacher': the teacher's fine-tuning."""
+    from harness import cost
+    model = copy.deepcopy(pretrained)
+    if name == "teacher":
+        return cost.teacher_recipe(model, task, 4 * steps_per_epoch, 3e-5)
+    return cost.build_recipe(name, {}, model, task, steps_per_epoch, 0.9, 42)
+
+
+def glue_dir(quick: bool = False) -> str:
+    """The real GLUE data: $GLUE_DIR, else ../shared/glue; --quick runs use the built-in samples."""
+    if quick:
+        return "samples"
+    path = Path(os.environ.get("GLUE_DIR") or SHARED_GLUE)
+    if not path.is_dir():
+        raise SystemExit(f"real GLUE data not found at {path} (set GLUE_DIR to a glue_data directory)")
+    return str(path)
+
+
+def random_loaders(task, vocab_size: int, batch: int, seq: int, steps: int, eval_n: int = 8):
+    """(make_train_loader(epoch), dev loader) over random token ids: `steps` batches of batch x seq, one of eval_n."""
+    from harness import cost
+    return cost.loaders(cost.random_examples([seq] * (batch * steps), task, vocab_size),
+                        cost.random_examples([seq] * eval_n, task, vocab_size, seed=1), batch, eval_n)

@@ -23,6 +23,8 @@ from harness.grid import cell_dir, is_complete, load_out_grid  # noqa: E402
 from harness.results import read_history  # noqa: E402
 
 TARGET = 0.10
+HEADERS = ["method", "task", "wall min", "steps min", "evaluations", "evaluation", "other (data, build, save)",
+           "overhead (wall - steps) / wall"]
 
 
 def cell_costs(out: Path) -> list[dict]:
@@ -72,9 +74,7 @@ def main(argv=None) -> int:
         table.append(cost_row(f"**{method}**", "all", [r for r in rows if r["method"] == method]))
     table.append(cost_row("**all**", "all", rows))
     wall, steps, loop = totals(rows)
-    text = tabulate(table, headers=["method", "task", "wall min", "steps min", "evaluations",
-                                    "evaluation", "other (data, build, save)", "overhead (wall - steps) / wall"],
-                    tablefmt="github", disable_numparse=True)
+    text = tabulate(table, headers=HEADERS, tablefmt="github", disable_numparse=True)
     total = (wall - steps) / wall
     verdict = "under" if total < TARGET else "over"
     packages = rows[0]["packages"] or {}

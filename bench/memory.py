@@ -4,10 +4,11 @@ sparse-ft, theseus, on minilm at batch 32 x 128 tokens.
 One fresh subprocess per method, so peaks never mix. In it: the pre-trained model is loaded as the teacher,
 the method's recipe is built as the harness builds it (dense fine-tuning: the teacher's own recipe, every
 parameter trained on the task loss), and harness.train.train runs one of its phases (the first; Theseus also
-its compact phase) for 2 steps on random token ids (the first step allocates AdamW's state, the second is a
-steady step), then the phase-end evaluation on one small dev batch. Grafted recipes run at their worst draw
-for memory: SPD and Sparse + Progressive with every student module in the path (p = 1, stage 3), Theseus with
-its first successor drawn and the predecessors after it (activations of 5 layers are kept for the backward).
+its compact phase) for 2 steps on random token ids (harness.cost.probe_phases; the first step allocates AdamW's
+state, the second is a steady step), then the phase-end evaluation on one small dev batch. Grafted recipes run
+at their worst draw for memory: SPD and Sparse + Progressive with every student module in the path (p = 1,
+stage 3), Theseus with its first successor drawn and the predecessors after it (a `Hooks.lap` at 'draw' sets
+it: activations of 5 layers are kept for the backward).
 Peak RSS comes from the kernel (/proc/self/status VmHWM, reset through /proc/self/clear_refs after setup when
 the kernel allows it; else getrusage's ru_maxrss): psutil is not installed, and tracemalloc does not see
 torch's allocations.
@@ -28,9 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, bench_parser, machine, section_header, publish  # noqa: E402
 
-# Theseus measured as replacing + compact fine-tuning: its two-phase recipe (the official one is one phase)
-TWO_PHASE = {"recipe": "two-phase"}
-
 # name -> (method, phase index, how the slots are drawn). Grafted recipes are measured at their worst draw:
 # every module that trains is in the path and everything after it keeps activations for the backward pass.
 VARIANTS = {
@@ -42,6 +40,9 @@ VARIANTS = {
     "theseus": ("theseus", 0, "first"),                 # replacing: successor 1 drawn, predecessors after it
     "theseus-compact": ("theseus", 1, "none"),          # compact fine-tuning: 3 layers, every parameter
 }
+# Theseus's two-phase recipe, so both of its shapes (replacing, compact) are measured; the official one-run
+# recipe's step is the replacing phase's.
+SETTINGS = {"theseus": {"recipe": "two-phase"}}
 DRAWS = {"none": "-", "p=1": "all students", "first": "1st successor + predecessors"}
 
 
@@ -77,74 +78,60 @@ def child(variant: str, model_name: str, task_name: str, batch: int, seq: int, s
 
     import torch
 
-    from harness import models
-    from spd import grafting
-    from harness.recipe import BuildContext, Phase, Recipe, all_parameters
-    from harness.registry import get_method, make_settings
+    from bench.common import random_loaders
+    from harness import cost, models
     from harness.tasks import get_task
-    from harness.train import LoopConfig, train
+    from harness.train import Hooks
+    from spd import grafting
 
     rss_start = status_kb("VmRSS")
     task = get_task(task_name)
     teacher = models.load_pretrained(model_name, task, 42)
-    method_name, phase_index, draw = VARIANTS[variant]
-    if method_name == "dense-ft":   # what ensure_teacher trains
-        recipe = Recipe(model=teacher, phases=[Phase("finetune", steps, 3e-5, all_parameters)], loss="task")
-    else:
-        method = get_method(method_name)
-        ctx = BuildContext(teacher=teacher, task=task, steps_per_epoch=2490 // batch,
-                           sparsity=0.9 if method.prunes else 0.0, seed=42)
-        recipe = method.build(make_settings(method, TWO_PHASE if method_name == "theseus" else {}), ctx)
-        phase = recipe.phases[phase_index]
-        if phase.before is not None:    # Theseus's compact phase: its surgery before, as the loop would
-            recipe.model = phase.before(recipe.model)
-            phase = dataclasses.replace(phase, before=None)
-        recipe.phases = [dataclasses.replace(phase, steps=steps)]
+    method_name, index, draw = VARIANTS[variant]
+    recipe = (cost.teacher_recipe(teacher, task, steps, 3e-5) if method_name == "dense-ft"
+              else cost.build_recipe(method_name, SETTINGS.get(method_name, {}), teacher, task, 2490 // batch, 0.9, 42))
+    phase = recipe.phases[index]
+    if phase.before is not None:    # Theseus's compact phase: its surgery before the peak is reset
+        recipe.model = phase.before(recipe.model)
+        recipe.phases[index] = phase = dataclasses.replace(phase, before=None)
+    model, extra = recipe.model, Hooks()
     if draw == "p=1":
         recipe.grafting = lambda t: 1.0
-    elif draw == "first":
-        def first_only(model, p, generator):
-            choice = [i == 0 for i in range(len(grafting.slots(model)))]
-            grafting.use_students(model, choice)
-            return choice
-        grafting.sample_grafting = first_only     # train() calls it through the module
-    g = torch.Generator().manual_seed(0)
-
-    def make_batch(n):
-        ids = torch.randint(1000, teacher.config.vocab_size, (n, seq), generator=g)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
-                "labels": torch.randint(0, task.num_labels, (n,), generator=g)}
-    train_batches = [make_batch(batch) for _ in range(steps)]
-    dev = [make_batch(8)]
-    params = sum(p.numel() for p in recipe.model.parameters())
+    elif draw == "first":           # after the loop's draw: successor 1 in the path, the predecessors after it
+        extra.lap = lambda name: name == "draw" and grafting.use_students(
+            model, [i == 0 for i in range(len(grafting.slots(model)))])
+    make_loader, dev = random_loaders(task, teacher.config.vocab_size, batch, seq, steps)
     rss_before = status_kb("VmRSS")
     resettable = reset_peak()
     peak_setup = peak_kb()
     t0 = time.perf_counter()
-    train(recipe, task, lambda: iter(train_batches), dev, torch.device("cpu"),
-          LoopConfig(eval_steps=10**6, progress=False))
+    cost.probe_phases(recipe, task, make_loader, dev, torch.device("cpu"), warmup=1, steps=steps - 1,
+                      only=[index], extra=extra)
     seconds = time.perf_counter() - t0
     return {"method": variant, "draw": DRAWS[draw], "rss_start_kb": rss_start, "rss_before_kb": rss_before,
             "peak_kb": peak_kb(), "peak_setup_kb": peak_setup, "peak_reset": resettable,
-            "params": params, "trainable": sum(p.numel() for _, p in recipe.phases[0].trainable(recipe.model)),
-            "loss": recipe.loss, "phase": recipe.phases[0].name, "seconds": seconds}
+            "params": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for _, p in phase.trainable(model)),
+            "loss": "kd" if recipe.loss.needs_teacher else "task", "phase": phase.name, "seconds": seconds}
 
 
 def main(argv=None) -> int:
-    ap = bench_parser(__doc__, quick="the tiny model, batch 8 x 64, no docs update", batch_shape=True)
-    ap.add_argument("--steps", type=int, default=2)
+    ap = bench_parser(__doc__, quick="tiny model, batch 8 x 64, theseus only (its draw set by a hook), no docs",
+                      batch_shape=True)
+    ap.add_argument("--steps", type=int, default=2, help="steps of the phase (at least 2: warm-up + steady)")
     ap.add_argument("--methods", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
-        args.model, args.batch, args.seq = "tiny", 8, 64
+        args.model, args.batch, args.seq, args.methods = "tiny", 8, 64, "theseus"
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args.model, args.task, args.batch, args.seq, args.steps)))
         return 0
 
     from tabulate import tabulate
     m = machine()
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           **({"OMP_NUM_THREADS": "1"} if args.quick else {})}
     results = []
     for method in args.methods.split(","):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--model", args.model,
@@ -169,7 +156,7 @@ def main(argv=None) -> int:
     print(table)
     reset = all(r["peak_reset"] for r in results)
     body = "\n".join([
-        section_header("Peak memory of a training step, per method", m),
+        section_header("Peak memory of a training step, per method (CPU)", m),
         f"`{args.model}`, batch {args.batch} x {args.seq} random token ids, {args.steps} steps of each method's "
         f"first phase (theseus-compact: Theseus's second phase) through `harness.train.train` (the real loop: "
         f"grafting draw, teacher forward for KD, student forward/backward, clip, AdamW, pruner) plus its "

@@ -88,15 +88,15 @@ def measure(task_name: str, model_name: str, n_batches: int, source: str, tokeni
 
 
 def main(argv=None) -> int:
-    ap = bench_parser(__doc__, quick="4 batches, no docs update")
+    ap = bench_parser(__doc__, quick="tiny model, built-in RTE samples, 1 batch, no docs update")
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--tasks", default="cola,stsb,mrpc,rte")
     ap.add_argument("--batches", type=int, default=30, help="batches timed per task and variant (default 30)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.batches = 4
+        args.model, args.tasks, args.batches = "tiny", "rte", 1
     m = machine()
-    source = data.resolve_source(str(glue_dir()))
+    source = data.resolve_source(glue_dir(args.quick))
     tokenizer = models.load_tokenizer(args.model)
     results = [measure(t, args.model, args.batches, source, tokenizer) for t in args.tasks.split(",")]
 
@@ -114,8 +114,8 @@ def main(argv=None) -> int:
     table = tabulate(rows, headers=headers, tablefmt="github")
     print(table)
     body = "\n".join([
-        section_header("Dynamic padding vs padding to 128 tokens", m),
-        f"`{args.model}`, batch {BATCH}, max_seq_length {SEQ}, the real train sets from `../shared/glue`. Both loaders "
+        section_header("Dynamic padding vs padding to 128 tokens (CPU)", m),
+        f"`{args.model}`, batch {BATCH}, max_seq_length {SEQ}, the train sets from `{source}`. Both loaders "
         f"use the same shuffle seed, so batch i holds the same examples in both; tokens per epoch are counted "
         f"over the full epoch (padding included: what the model computes on). Timed: forward + backward "
         f"(train mode, loss from the labels) of the first {args.batches} batches of the epoch, dynamic and padded "

@@ -331,10 +331,17 @@ def cmd_status(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from harness.cost import plan_grid
-    grid = load_grid(args.config, seeds=args.seeds)
+    from harness.cost import plan_calibrated, plan_grid
+    grid = load_grid(args.config, seeds=args.seeds, glue_dir=args.glue_dir)
     out = Path(args.out or f"runs/{grid.name}")
-    print(plan_grid(grid, out if out.is_dir() else None, tflops=args.tflops, gpu=args.gpu))
+    out = out if out.is_dir() else None
+    if args.calibrate:
+        from harness.models import pick_device
+        if min(args.calibrate_steps, args.calibrate_warmup) < 1:
+            raise UserError("--calibrate-steps and --calibrate-warmup must be at least 1")
+        print(plan_calibrated(grid, out, pick_device(args.device), args.calibrate_warmup, args.calibrate_steps))
+    else:
+        print(plan_grid(grid, out, tflops=args.tflops, gpu=args.gpu))
     return 0
 
 
@@ -364,6 +371,12 @@ def add_grid_commands(sub) -> None:
     plan.add_argument("--out", help="grid output directory to check for finished cells (default runs/<name>)")
     plan.add_argument("--tflops", type=float, default=None, help="sustained training TFLOP/s of the GPU")
     plan.add_argument("--gpu", default="a100", help="GPU the estimate assumes (a100, h100, v100, rtx6000)")
+    plan.add_argument("--glue-dir", help="the grid's data (padded lengths are measured from local data)")
+    plan.add_argument("--calibrate", action="store_true",
+                      help="time real steps of every method and model on this device and extrapolate (docs/grid.md)")
+    plan.add_argument("--calibrate-steps", type=int, default=10, help="timed steps per phase (default 10)")
+    plan.add_argument("--calibrate-warmup", type=int, default=3, help="warm-up steps per phase (default 3)")
+    plan.add_argument("--device", help="device to calibrate on (default: cuda if available, else cpu)")
     plan.set_defaults(func=cmd_plan)
     table = sub.add_parser("table", help="paper table 1, 2 or 3 from a grid output, beside the paper's numbers")
     table.add_argument("number", choices=["1", "2", "3"])

@@ -83,7 +83,7 @@ def test_eval_of_a_saved_checkpoint_reproduces_its_run_and_is_a_named_row(spd_rt
     assert run_cli("table", "1", grid) == 0
     text = capsys.readouterr().out
     header = table_row(text, "Model")
-    mine = table_row(text, "MyMethod [ours only]")
+    mine = table_row(text, "MyMethod (50.0% sparse) [ours only]")
     spd = table_row(text, "SPD (ours) [spd]")
     rte = header.index("RTE Acc")
     assert mine[rte] == f"{ran['final']['dev']['score']:.1f}"

@@ -221,8 +221,30 @@ def run_slurm(todo: list[Cell], out: Path, opts: dict, cluster: str | None = Non
         job.result()
 
 
+def claim_grid_out(out: Path) -> None:
+    """A grid writes grid.json, cells/, failed/, cache/ and tables into `out`: it may be new, empty, or a grid
+    output directory (it has our grid.json); anything else would have its files overwritten, so it is
+    refused before anything runs."""
+    if out.is_symlink() and not out.is_dir():
+        raise UserError(f"output {out} is a broken symbolic link")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} is an existing file, not a directory; choose another --out")
+    if not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir() if p.name != ".runner.lock")
+    if entries:
+        try:
+            if isinstance(store.read_json(out / "grid.json").get("cells"), list):
+                return
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise UserError(f"output directory {out} exists and is not a grid output directory (it holds "
+                        f"{entries[0]!r}); nothing was run: choose another --out")
+
+
 def run_grid(grid: Grid, out: Path, executor: str = "local", progress: bool = True,
              slurm: dict | None = None, cluster: str | None = None, workers_per_gpu: int | None = None) -> dict:
+    claim_grid_out(out)
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / ".runner.lock"))
     try:

@@ -283,3 +283,16 @@ def test_help_says_plugins_are_code(capsys):
             run_cli(*argv)
         text = " ".join(capsys.readouterr().out.split())
         assert "Plugins are code" in text and "SPD_BENCH_PLUGINS" in text, argv
+
+
+def test_grid_out_holding_other_files_is_refused(tmp_path, capsys):
+    config = write_yaml(tmp_path / "g.yaml", GRID)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "table1.md").write_text("my table\n")
+    assert run_cli("run", config, "--out", out, "--quiet") == 2
+    assert "is not a grid output directory (it holds 'table1.md')" in one_error_line(capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["table1.md"]
+    (tmp_path / "file").write_text("x")
+    assert run_cli("run", config, "--out", tmp_path / "file", "--quiet") == 2
+    assert "is an existing file, not a directory" in one_error_line(capsys)

@@ -246,7 +246,7 @@ def test_a_grid_lists_checkpoints_as_rows_of_their_own(spd_rte_run, tmp_path, ca
     assert read(done)["final"]["dev"] == read(run / "metrics.json")["final"]["dev"]
     (failure,) = (out / "failed").glob("mnli-Wrong-*.json")
     assert "3 labels" in read(failure)["error"]
-    row = table_row((out / "table1.md").read_text(), "MyCkpt [ours only]")
+    row = table_row((out / "table1.md").read_text(), "MyCkpt (50.0% sparse) [ours only]")
     assert f"{read(run / 'metrics.json')['final']['dev']['score']:.1f}" in row
     stamp = done.stat().st_mtime_ns
     assert run_cli("run", config, "--out", out, "--quiet") == 1

@@ -35,7 +35,7 @@ def build(method, setting, sparsity=0.5, **settings):
 
 def fit(recipe, setting):
     task, td, _ = setting
-    return train(recipe, task, lambda: td.train_loader(0), td.dev_loader(), torch.device("cpu"),
+    return train(recipe, task, lambda epoch: td.train_loader(epoch), td.dev_loader(), torch.device("cpu"),
                  LoopConfig(eval_steps=1000, progress=False))
 
 

@@ -50,7 +50,8 @@ def smoke_reference(tmp_path_factory):
     code = run_cli("run", REPO / "configs" / "smoke.yaml", "--out", out, "--quiet")
     elapsed = time.time() - t0
     assert code == 0
-    assert elapsed < 300, f"smoke grid took {elapsed:.0f}s"
+    # minutes on CI's 2 cores (~3 idle; 7 measured while four other test suites ran beside it)
+    assert elapsed < 600, f"smoke grid took {elapsed:.0f}s"
     return out
 
 

@@ -299,10 +299,12 @@ def grid_checkpoints(entries, config_path: Path, tasks: list[str], source: str, 
             path = str(beside.resolve())
         name = str(entry.get("name") or default_name(path))
         check_name(name)
+        order = entry.get("label_order")
+        order = [n.strip() for n in order.split(",")] if isinstance(order, str) else order
         for task in entry.get("tasks") or tasks:
             evals.append(EvalConfig(checkpoint=path, task=get_task(task).name, name=name,
                                     model=entry.get("model", model), tokenizer=entry.get("tokenizer"),
-                                    label_order=entry.get("label_order"), seed=entry.get("seed"), glue_dir=source,
+                                    label_order=order, seed=entry.get("seed"), glue_dir=source,
                                     **{k: run[k] for k in SHARED_RUN_FIELDS if k in run}))
     return evals
 

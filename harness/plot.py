@@ -230,7 +230,7 @@ def plot_run_dirs(out: Path, dest: Path) -> list[Path]:
     colours = lambda method: _colour(method, others)  # noqa: E731
     written = []
     for (task, model), runs in sorted(groups.items()):
-        runs.sort(key=lambda r: (_method_key(r.method), r.sparsity, r.seed))
+        runs.sort(key=lambda r: (_method_key(r.method), r.sparsity, r.seed is None, r.seed or 0))
         labels = _labels(runs)
         curves = [c for r in runs if (c := _curve(r, labels[id(r)])) is not None]
         if not curves:

@@ -90,6 +90,12 @@ def test_eval_of_a_saved_checkpoint_reproduces_its_run_and_is_a_named_row(spd_rt
     assert spd[rte].startswith(mine[rte] + " / ")
     assert mine[header.index("#Param")] == f"{ran['params']['nonzero'] / 1e6:.1f}M"
     assert "— seeds: 1\n" in text  # the checkpoint's unknown seed is not listed as a seed
+    # one name, one evaluation without a seed and one with: what sorts results by seed takes both
+    assert eval_cli(run / "model", grid / "checkpoints" / "mine-seed7", cache, "--name", "MyMethod",
+                    "--seed", "7") == 0
+    assert run_cli("plot", grid, "--dest", tmp_path / "figures") == 0
+    assert run_cli("table", "1", grid) == 0
+    assert table_row(capsys.readouterr().out, "MyMethod (50.0% sparse) [ours only]")[rte] == mine[rte] + "±0.0"
 
 
 def test_permuted_label_names_are_mapped_back_to_the_task_order(spd_rte_run, tmp_path):
@@ -237,7 +243,8 @@ def test_a_grid_lists_checkpoints_as_rows_of_their_own(spd_rte_run, tmp_path, ca
     config.write_text(yaml.safe_dump({
         "name": "mine", "model": "tiny", "glue_dir": "samples", "tasks": ["rte"], "tables": [1],
         "run": {"max_eval_examples": 64},
-        "checkpoints": [{"path": "ckpts/mine", "name": "MyCkpt"},      # relative to the config file
+        # relative to the config file; label_order as one string, as on the command line
+        "checkpoints": [{"path": "ckpts/mine", "name": "MyCkpt", "label_order": "entailment, not_entailment"},
                         {"path": "ckpts/mine", "name": "Wrong", "tasks": ["mnli"]}]}))
     out = tmp_path / "out"
     assert run_cli("run", config, "--out", out, "--quiet") == 1  # the mnli entry fails, the rte one is done

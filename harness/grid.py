@@ -17,19 +17,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import sys
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from harness import store
-from harness.errors import UserError
+from harness.errors import Preempted, UserError
 from harness.evaluate import run_grid_checkpoints
 from harness.gridconfig import Cell, Grid, load_grid
 from harness.results import best_at_final_shape, read_history
+from harness.resume import _on_sigterm, sigterm_received, watch_sigterm
 from harness.run import RunConfig, prepare_teacher, run_cell, saved_key
 
 REQUIRED_METRICS = ("task", "method", "final", "best", "teacher", "params", "achieved_sparsity")
@@ -99,6 +102,8 @@ def execute_cell(cfg: RunConfig, out: str, progress: bool = False) -> dict:
         metrics = run_cell(cfg, cell_dir(out, cell), cache_dir=out / "cache", progress=progress)
         failed_file(out, cell).unlink(missing_ok=True)
         return {"id": cell.cell_id, "status": "done", "score": metrics["final"]["dev"]["score"]}
+    except Preempted:
+        raise   # not a failure: the cell saved its state and continues on a re-run
     except Exception as err:  # noqa: BLE001 — recorded, shown by `status` and the tables
         store.write_json(failed_file(out, cell), {"id": cell.cell_id, "error": f"{type(err).__name__}: {err}",
                                                   "traceback": traceback.format_exc()})
@@ -110,6 +115,8 @@ def execute_teacher(cfg: RunConfig, out: str, progress: bool = False) -> str | N
     try:
         prepare_teacher(cfg, Path(out) / "cache", progress=progress)
         return None
+    except Preempted:
+        raise
     except Exception as err:  # noqa: BLE001 — its cells fail with this message
         return f"{type(err).__name__}: {err}"
 
@@ -135,6 +142,12 @@ def worker_devices(workers_per_gpu: int) -> list[str | None]:
     return [None] * workers_per_gpu
 
 
+def _stop_if_preempted() -> None:
+    """Between two jobs: a SIGTERM that arrived outside training stops the grid here (the caller says how far)."""
+    if sigterm_received():
+        raise Preempted("stopped by SIGTERM")
+
+
 def run_local(todo: list[Cell], out: Path, progress: bool, workers_per_gpu: int = 1) -> None:
     devices = worker_devices(workers_per_gpu)
     if len(devices) > 1:
@@ -145,9 +158,11 @@ def run_local(todo: list[Cell], out: Path, progress: bool, workers_per_gpu: int 
     # one process: the outer bar counts teachers/cells, the loop's own bar (leave=False) shows the steps of
     # the one training now, which on a CPU can take most of an hour
     for cfg in tqdm(_teacher_jobs(todo), desc="teachers", disable=not progress):
+        _stop_if_preempted()
         teacher_errors[teacher_identity(cfg)] = execute_teacher(cfg, str(out), progress=progress)
     bar = tqdm(todo, desc="cells", disable=not progress)
     for cell in bar:
+        _stop_if_preempted()
         bar.set_postfix_str(cell.cell_id, refresh=False)
         error = teacher_errors.get(teacher_identity(cell.cfg))
         if error:
@@ -163,12 +178,15 @@ _WORKER_DEVICE: str | None = None   # the device slot a pool worker took when it
 
 def _init_worker(slots, threads: int) -> None:
     global _WORKER_DEVICE
+    import signal
+    signal.signal(signal.SIGTERM, _on_sigterm)  # a notice stops this worker's cell at its next step, state saved
     _WORKER_DEVICE = slots.get()
     import torch
     torch.set_num_threads(threads)  # workers share the machine's cores instead of each taking all of them
 
 
 def _on_worker_device(job, cfg: RunConfig, out: str):
+    _stop_if_preempted()   # a worker that got the notice while idle starts nothing new
     return job(dataclasses.replace(cfg, device=_WORKER_DEVICE) if _WORKER_DEVICE else cfg, out)
 
 
@@ -177,8 +195,6 @@ def run_pool(todo: list[Cell], out: Path, devices: list[str | None], progress: b
     full use from one process). Teachers first, then the cells; every cell is still its own atomic directory,
     so a killed pool loses only the cells in flight. Workers are spawned, not forked (CUDA cannot be forked)."""
     import multiprocessing
-
-    from harness.run import teacher_identity
     context = multiprocessing.get_context("spawn")
     slots = context.Queue()
     for device in devices:
@@ -186,22 +202,51 @@ def run_pool(todo: list[Cell], out: Path, devices: list[str | None], progress: b
     threads = max(1, (os.cpu_count() or 1) // len(devices))
     with ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_worker,
                              initargs=(slots, threads)) as pool:
-        teachers = {pool.submit(_on_worker_device, execute_teacher, cfg, str(out)): cfg
-                    for cfg in _teacher_jobs(todo)}
-        errors = {}
-        for done in tqdm(as_completed(teachers), total=len(teachers), desc="teachers", disable=not progress):
-            errors[teacher_identity(teachers[done])] = done.result()
-        cells = {}
-        for cell in todo:
-            error = errors.get(teacher_identity(cell.cfg))
-            if error:
-                store.write_json(failed_file(out, cell), {"id": cell.cell_id, "error": f"teacher failed: {error}"})
-            else:
-                cells[pool.submit(_on_worker_device, execute_cell, cell.cfg, str(out))] = cell
-        for done in tqdm(as_completed(cells), total=len(cells), desc="cells", disable=not progress):
+        # the runner alone may get the notice (`kill PID`); its workers must stop too, with their state saved
+        restore = watch_sigterm(forward=lambda: [os.kill(p.pid, signal.SIGTERM)
+                                                 for p in multiprocessing.active_children()])
+        try:
+            _run_in_pool(pool, todo, out, progress)
+        finally:
+            restore()
+
+
+def _results(futures: dict, desc: str, progress: bool):
+    """(future's key, result) as they finish. A preempted job (or a pool broken by the notice) cancels the
+    jobs not started and, once those in flight have saved their state, stops the grid."""
+    preempted = False
+    for done in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
+        try:
             result = done.result()
-            if result["status"] == "failed":
-                tqdm.write(f"FAILED {result['id']}: {result['error']}", file=sys.stderr)
+        except (Preempted, BrokenProcessPool) as err:
+            if isinstance(err, BrokenProcessPool) and not sigterm_received():
+                raise
+            preempted = True
+            for f in futures:
+                f.cancel()
+            continue
+        except CancelledError:
+            continue
+        if not preempted:
+            yield futures[done], result
+    if preempted or sigterm_received():
+        raise Preempted("stopped by SIGTERM")
+
+
+def _run_in_pool(pool, todo: list[Cell], out: Path, progress: bool) -> None:
+    from harness.run import teacher_identity
+    teachers = {pool.submit(_on_worker_device, execute_teacher, cfg, str(out)): cfg for cfg in _teacher_jobs(todo)}
+    errors = {teacher_identity(cfg): error for cfg, error in _results(teachers, "teachers", progress)}
+    cells = {}
+    for cell in todo:
+        error = errors.get(teacher_identity(cell.cfg))
+        if error:
+            store.write_json(failed_file(out, cell), {"id": cell.cell_id, "error": f"teacher failed: {error}"})
+        else:
+            cells[pool.submit(_on_worker_device, execute_cell, cell.cfg, str(out))] = cell
+    for _, result in _results(cells, "cells", progress):
+        if result["status"] == "failed":
+            tqdm.write(f"FAILED {result['id']}: {result['error']}", file=sys.stderr)
 
 
 def run_slurm(todo: list[Cell], out: Path, opts: dict, cluster: str | None = None) -> None:
@@ -263,7 +308,16 @@ def run_grid(grid: Grid, out: Path, executor: str = "local", progress: bool = Tr
         if executor == "slurm":
             run_slurm(todo, out, slurm or {}, cluster=cluster)
         else:
-            run_local(todo, out, progress, workers_per_gpu or grid.workers_per_gpu)
+            restore = watch_sigterm()
+            try:
+                run_local(todo, out, progress, workers_per_gpu or grid.workers_per_gpu)
+                _stop_if_preempted()
+            except Preempted:
+                done = sum(cell_state(out, c) == "done" for c in grid.cells)
+                raise Preempted(f"grid {grid.name} stopped by SIGTERM with {done} of {len(grid.cells)} cells done; "
+                                f"cells in flight saved their state: re-run the same command to continue") from None
+            finally:
+                restore()
         evals = run_grid_checkpoints(grid.checkpoints, out)  # the config's `checkpoints:`, evaluated here
         states = [cell_state(out, c) for c in grid.cells]
         return {"cells": len(grid.cells) + len(grid.checkpoints), "done": states.count("done") + evals["done"],

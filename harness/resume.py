@@ -31,28 +31,61 @@ from harness import store
 MASK_PREFIX = "__mask__."
 
 
+# SIGTERM is a scheduler's preemption notice (SLURM, `timeout`, a cloud's spot reclaim): it may reach a process
+# at any moment (in training, between two cells, while a worker waits for work), so it only sets this flag, and
+# the loop (at its next step) and the grid (before its next cell) stop with their state saved. One flag per process.
+_SIGTERM = threading.Event()
+_FORWARD: list = []   # callables the handler also runs: a grid's pool passes the notice on to its workers
+
+
+def _on_sigterm(signum, frame) -> None:
+    _SIGTERM.set()
+    for forward in list(_FORWARD):
+        forward()
+
+
+def sigterm_received() -> bool:
+    return _SIGTERM.is_set()
+
+
+def watch_sigterm(forward=None):
+    """Catch SIGTERM (main thread only) until the returned restorer is called. The outermost watcher (a run, a
+    grid) starts with a clear flag; a nested one (a cell's loop inside a grid) shares its flag, so a notice that
+    arrived between two cells is not forgotten. `forward` also runs on the signal (while watched)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not _on_sigterm:
+        _SIGTERM.clear()
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    if forward is not None:
+        _FORWARD.append(forward)
+
+    def restore():
+        if forward is not None and forward in _FORWARD:
+            _FORWARD.remove(forward)
+        if previous is not _on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
+    return restore
+
+
 @dataclass
 class Checkpointer:
     directory: Path
     identity: str                 # the cell's resolved config: a state of another config is never resumed
     every_seconds: float = 1800.0
     _last: float = field(default_factory=time.monotonic)
-    _term: threading.Event = field(default_factory=threading.Event)
 
     # -- when ---------------------------------------------------------------------------------------------
     def due(self) -> bool:
-        return self._term.is_set() or (self.every_seconds > 0 and time.monotonic() - self._last >= self.every_seconds)
+        return _SIGTERM.is_set() or (self.every_seconds > 0 and time.monotonic() - self._last >= self.every_seconds)
 
     @property
     def preempted(self) -> bool:
-        return self._term.is_set()
+        return _SIGTERM.is_set()
 
     def watch_sigterm(self):
-        """Install a SIGTERM handler for the duration of training (main thread only); returns the restorer."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._term.set())
-        return lambda: signal.signal(signal.SIGTERM, previous)
+        return watch_sigterm()
 
     # -- save / load ----------------------------------------------------------------------------------------
     def save(self, step: int, model: torch.nn.Module, masks: dict[str, torch.Tensor], loop_state: dict) -> Path:

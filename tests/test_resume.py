@@ -93,3 +93,64 @@ def test_a_half_written_snapshot_is_ignored(tmp_path):
     ckpt.save(3, torch.nn.Linear(2, 2), {}, {"step": 3})
     (tmp_path / "s" / "step-3" / "loop.pt").write_bytes(b"truncated")
     assert ckpt.load() is None
+
+
+# --- a grid stopped by SIGTERM --------------------------------------------------------------------------------
+LONG_SETTINGS = {"prune_epochs": 2, "graft_epochs": 2, "finetune_epochs": 1, "lr": 1e-3}  # 20 steps
+
+
+def preemptible_grid(path, workers: int):
+    from tests.test_grid import write_grid
+    run = {"max_train_examples": 64, "batch_size": 16, "teacher_epochs": 2, "teacher_lr": 2e-3,
+           "train_eval_examples": 0, "eval_steps": 5, "max_eval_examples": 64, "checkpoint_minutes": 0.00001}
+    return write_grid(path, tasks=["rte"], tables=[], run=run, workers_per_gpu=workers,
+                      methods=[{"method": "spd", "sparsity": 0.5, "settings": LONG_SETTINGS},
+                               {"method": "sparse-kd", "sparsity": 0.5, "settings": LONG_SETTINGS},
+                               {"method": "sparse-ft", "sparsity": 0.5, "settings": LONG_SETTINGS}])
+
+
+def cell_states(out) -> list[int]:
+    steps = []
+    for current in (out / "cells").glob(".*.state/current"):
+        try:
+            steps.append(int(current.read_text().strip().removeprefix("step-")))
+        except (OSError, ValueError):
+            pass
+    return steps
+
+
+def finals(out) -> dict:
+    return {p.parent.name: json.loads(p.read_text())["final"] for p in (out / "cells").glob("*/metrics.json")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers, whom", [(1, "group"), (2, "runner")])
+def test_a_preempted_grid_stops_records_no_failure_and_finishes_on_a_rerun(tmp_path, workers, whom):
+    """SIGTERM to the whole process group (what `timeout` and SLURM do) or to the runner alone (`kill PID`): the
+    grid stops with exit 143, the cells in flight keep their state, nothing is recorded as failed, no further
+    cell starts; the same command then finishes the grid (that a resumed cell ends as an uninterrupted one does is
+    the test above)."""
+    config = preemptible_grid(tmp_path / "grid.yaml", workers)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(config), "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not any(step >= 4 for step in cell_states(out)):
+        assert proc.poll() is None, f"the grid ended before a cell reached step 4: {proc.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    if whom == "group":
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "re-run the same command" in err.strip().splitlines()[-1]
+    assert not list(out.glob("failed/*.json"))        # a preempted cell is not a failed one
+    assert len(finals(out)) < 3                       # it stopped: not every cell ran to the end
+    assert cell_states(out)                           # the cell(s) in flight kept their state
+    assert subprocess.run(cmd, cwd=REPO, env=env, capture_output=True).returncode == 0
+    assert len(finals(out)) == 3 and not list(out.glob("failed/*.json"))
+    assert not list((out / "cells").glob(".*.state"))

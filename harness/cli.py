@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from pathlib import Path
 
@@ -139,8 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     from harness.evaluate import add_eval_command
     from harness.grid import add_grid_commands
     from harness.plot import add_plot_command
+    from harness.report import add_report_command
     add_grid_commands(sub)
     add_plot_command(sub)
+    add_report_command(sub)
     add_eval_command(sub)
     return p
 
@@ -161,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "command", None) == "run" and args.config and not args.config.endswith((".yaml", ".yml")):
             raise UserError(f"unexpected argument {args.config!r}: a grid config ends in .yaml, "
                             f"settings are key=value")
+        args.command_line = shlex.join(["spd-bench", *argv])   # recorded by a grid (the report's provenance)
         return args.func(args)
     except UserError as err:
         print(f"spd-bench: error: {err}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The grid runner: run every cell of a grid config, survive crashes, share teachers, record failures.
 
 Layout of an output directory:
-  grid.json              the cells of the grid (written at every start)
+  grid.json              the cells of the grid and the command line that ran it (written at every start)
   cells/<cell id>/       one run directory per finished cell (see harness/run.py); complete iff its completion
                          record verifies and its metrics are whole and of this cell's config
   failed/<cell id>.json  the error of a cell that failed (removed when it later succeeds)
@@ -288,7 +288,9 @@ def claim_grid_out(out: Path) -> None:
 
 
 def run_grid(grid: Grid, out: Path, executor: str = "local", progress: bool = True,
-             slurm: dict | None = None, cluster: str | None = None, workers_per_gpu: int | None = None) -> dict:
+             slurm: dict | None = None, cluster: str | None = None, workers_per_gpu: int | None = None,
+             command: str | None = None) -> dict:
+    """`command`: the command line that ran the grid, recorded in grid.json for the report's provenance."""
     claim_grid_out(out)
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / ".runner.lock"))
@@ -298,7 +300,7 @@ def run_grid(grid: Grid, out: Path, executor: str = "local", progress: bool = Tr
         raise UserError(f"another runner is using {out}; wait for it or choose another --out") from None
     try:
         _clean_partials(out)
-        store.write_json(out / "grid.json", {"name": grid.name, "tables": grid.tables,
+        store.write_json(out / "grid.json", {"name": grid.name, "tables": grid.tables, "command": command,
                                              "cells": [{"id": c.cell_id, "config": dataclasses.asdict(c.cfg)}
                                                        for c in grid.cells]})
         todo = [c for c in grid.cells if not is_complete(out, c)]
@@ -347,7 +349,7 @@ def run_grid_command(args) -> int:
     if args.workers_per_gpu is not None and args.workers_per_gpu < 1:
         raise UserError(f"--workers-per-gpu must be at least 1, got {args.workers_per_gpu}")
     summary = run_grid(grid, out, args.executor, progress=not args.quiet, slurm=slurm,
-                       workers_per_gpu=args.workers_per_gpu)
+                       workers_per_gpu=args.workers_per_gpu, command=getattr(args, "command_line", None))
     print(f"{grid.name}: {summary['done']}/{summary['cells']} cells done, {summary['failed']} failed "
           f"({summary['skipped']} were already done) -> {out}")
     from harness.tables import write_grid_tables

@@ -145,8 +145,9 @@ def load_results(out: Path) -> list[Result]:
     results = []
     for metrics_file in sorted(Path(out).glob("**/metrics.json")):
         run_dir = metrics_file.parent
-        if any(part.endswith((".partial", ".kept")) for part in run_dir.parts) or not (run_dir / "model").is_dir():
-            continue  # teachers' caches and half-written directories
+        if any(part.endswith((".partial", ".kept")) for part in run_dir.parts):
+            continue  # half-written directories; teachers' caches lack REQUIRED metrics (a run with
+            # save_model: false has no model/, and counts)
         if store.completion_problem(run_dir) is not None:
             continue
         try:

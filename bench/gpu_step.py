@@ -264,7 +264,7 @@ def main(argv=None) -> int:
         *(["Targets (issue 11, BERT-base 32 x 128, one H100):", "", *verdicts, ""] if verdicts else []),
         profile,
     ])
-    publish("gpu_step", body, args)
+    publish("gpu_step" if args.model == "bert-base" else f"gpu_step_{args.model}", body, args)
     torch.set_num_threads(threads)
     return 0
 

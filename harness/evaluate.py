@@ -200,14 +200,7 @@ def _weights_digest(resolved: str) -> dict[str, str] | None:
     path = Path(resolved)
     if not path.is_dir():
         return None
-    digests = {}
-    for f in sorted(path.glob("*.safetensors")):
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        digests[f.name] = h.hexdigest()
-    return digests
+    return {f.name: store.file_sha256(f) for f in sorted(path.glob("*.safetensors"))}
 
 
 def evaluate_checkpoint(cfg: EvalConfig, out_dir, cache_dir=None) -> dict:

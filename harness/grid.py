@@ -32,7 +32,7 @@ from harness.errors import Preempted, UserError
 from harness.evaluate import run_grid_checkpoints
 from harness.gridconfig import Cell, Grid, load_grid
 from harness.results import best_at_final_shape, read_history
-from harness.resume import _on_sigterm, sigterm_received, watch_sigterm
+from harness.resume import sigterm_received, watch_sigterm
 from harness.run import RunConfig, prepare_teacher, run_cell, saved_key
 
 REQUIRED_METRICS = ("task", "method", "final", "best", "teacher", "params", "achieved_sparsity")
@@ -178,8 +178,7 @@ _WORKER_DEVICE: str | None = None   # the device slot a pool worker took when it
 
 def _init_worker(slots, threads: int) -> None:
     global _WORKER_DEVICE
-    import signal
-    signal.signal(signal.SIGTERM, _on_sigterm)  # a notice stops this worker's cell at its next step, state saved
+    watch_sigterm()  # for the worker's life: a notice stops its cell at the next step, state saved
     _WORKER_DEVICE = slots.get()
     import torch
     torch.set_num_threads(threads)  # workers share the machine's cores instead of each taking all of them

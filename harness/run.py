@@ -228,14 +228,6 @@ def teacher_fields(cfg: RunConfig) -> dict:
     return fields
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def teacher_identity(cfg: RunConfig) -> str:
     """Groups cells that share a teacher, without reading the data."""
     return json.dumps({**teacher_fields(cfg), "source": cfg.glue_dir}, sort_keys=True)
@@ -269,7 +261,7 @@ def ensure_teacher(cfg: RunConfig, task: Task, td: TaskData, device, cache_dir: 
             # machine retrains its teachers, and the cells then say whether theirs was the same one.
             store.write_json(tmp / "metrics.json", {
                 "key": fields, "final": result.final, "best": result.best, "precision": result.precision,
-                "weights_sha256": file_sha256(tmp / "model" / "model.safetensors")})
+                "weights_sha256": store.file_sha256(tmp / "model" / "model.safetensors")})
         ckpt.discard()
     return teacher_dir
 

@@ -86,7 +86,8 @@ def make_private_dir(parent: Path, name: str) -> Path:
     return tmp
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read in 1 MiB blocks (weights files are large)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -116,7 +117,7 @@ def _conventional_modes(root: Path) -> None:
 
 def write_record(root: Path) -> None:
     """The completion record of a finished directory: every file's size and sha256."""
-    files = {rel: {"size": (root / rel).stat().st_size, "sha256": _sha256(root / rel)} for rel in _files(root)}
+    files = {rel: {"size": (root / rel).stat().st_size, "sha256": file_sha256(root / rel)} for rel in _files(root)}
     write_json(root / RECORD, {"format": RECORD_FORMAT, "files": files})
 
 
@@ -149,7 +150,7 @@ def check_record(root: Path, full: bool = False) -> str | None:
             return f"{rel} is missing"
         if size != meta["size"]:
             return f"{rel} has {size} bytes, {meta['size']} were written"
-        if (full or size <= CHECKSUM_LIMIT) and _sha256(path) != meta["sha256"]:
+        if (full or size <= CHECKSUM_LIMIT) and file_sha256(path) != meta["sha256"]:
             return f"{rel} differs from what was written (sha256)"
     return None
 

@@ -89,12 +89,17 @@ def _our_value(rs: list[Result], report: str) -> tuple[float | None, str]:
 
 
 def _significance(task: str, rs: list[Result], spd: list[Result]) -> str:
-    """'*' when the paired bootstrap says this method differs from SPD (needs two seeds on each side)."""
-    if len(rs) < 2 or len(spd) < 2 or rs[0].method == "spd":
+    """'*' when the paired bootstrap says this method differs from SPD, over the seeds both ran (two at least:
+    the same seeds as `spd-bench report`'s comparisons, harness/compare.py)."""
+    if not rs or rs[0].method == "spd":
         return ""
-    pa = [r.predictions()[0] for r in sorted(rs, key=lambda r: (r.seed is None, r.seed or 0))]
-    pb = [r.predictions()[0] for r in sorted(spd, key=lambda r: r.seed)]
-    labels = rs[0].predictions()[1]
+    ours, theirs = {r.seed: r for r in rs}, {r.seed: r for r in spd}
+    seeds = sorted(s for s in set(ours) & set(theirs) if s is not None)
+    if len(seeds) < 2:
+        return ""
+    pa = [ours[s].predictions()[0] for s in seeds]
+    pb = [theirs[s].predictions()[0] for s in seeds]
+    labels = ours[seeds[0]].predictions()[1]
     _, p = paired_bootstrap(get_task(task), pa, pb, labels, n_resamples=500)
     return "*" if p < SIGNIFICANCE else ""
 

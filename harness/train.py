@@ -163,15 +163,29 @@ def _optimizer(params, cfg: LoopConfig, lr: float, device: torch.device):
     return torch.optim.AdamW(groups, lr=lr, eps=cfg.adam_eps, **fused)
 
 
-def _set_trainable(model: nn.Module, trainable) -> list:
-    for p in model.parameters():
-        p.requires_grad_(False)
+def _set_trainable(model: nn.Module, trainable, every_gradient: bool = False) -> tuple[list, list]:
+    """(the phase's trainable (name, parameter) pairs, the parameters outside them that still get gradients).
+
+    `every_gradient`: the official code's recipes never turn `requires_grad` off, so the embeddings, the
+    classifier and the drawn teacher layers get gradients that AdamW never steps but that count in the norm
+    they clip (`clip_grad_norm_(model.parameters())`); those parameters are the second list."""
     params = list(trainable)
-    for _, p in params:
-        p.requires_grad_(True)
     if not params:
         raise ValueError("a phase with nothing to train")
-    return params
+    chosen = {id(p) for _, p in params}
+    for p in model.parameters():
+        p.requires_grad_(every_gradient or id(p) in chosen)
+    return params, [p for p in model.parameters() if every_gradient and id(p) not in chosen]
+
+
+def _zero_grads(tensors: list, set_to_none: bool) -> None:
+    """What `optimizer.zero_grad` does, for parameters no optimizer holds."""
+    grads = [p.grad for p in tensors if p.grad is not None]
+    if set_to_none:
+        for p in tensors:
+            p.grad = None
+    elif grads:
+        torch._foreach_zero_(grads)
 
 
 def _teacher_outputs(model, batch, device, precision: str = "bf16"):
@@ -294,8 +308,8 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
             model = recipe.model
         if saved is not None and phase_index < saved[2]["phase_index"]:
             continue  # resuming: this phase's surgery is replayed above, its training is done
-        params = _set_trainable(model, phase.trainable(model))
-        clipped = [p_ for p_ in model.parameters()] if recipe.clip_all_parameters else [p_ for _, p_ in params]
+        params, untrained = _set_trainable(model, phase.trainable(model), recipe.clip_all_parameters)
+        clipped = list(model.parameters()) if recipe.clip_all_parameters else [p_ for _, p_ in params]
         if optimizer is None or phase.fresh_optimizer:
             optimizer = _optimizer(params, cfg, phase.lr, device)
         else:
@@ -314,6 +328,12 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
                 recipe.pruner.masks = {k: m.to(device) for k, m in masks.items()}
                 recipe.pruner.current_sparsity = state["sparsity"]
             optimizer.load_state_dict(state["optimizer"])
+            if not recipe.zero_grad_to_none:
+                # Zeroed (not freed) gradients persist: every parameter AdamW has stepped holds a zero gradient
+                # between steps and is stepped again even when out of the next batch's path. Restore them.
+                for _, p_ in params:
+                    if optimizer.state.get(p_):
+                        p_.grad = torch.zeros_like(p_)
             scheduler.load_state_dict(state["scheduler"])
             generator.set_state(state["generator"])
             set_rng_state(state["rng"])
@@ -350,7 +370,8 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
             nonfinite.add(loss)
             lap("loss")
             # A draw that puts no trainable module in the path (every slot on its teacher layers) leaves
-            # nothing to update; the step still counts, as in the official code.
+            # nothing to update; the step still counts, as in the official code. (Clipping over all parameters
+            # keeps every gradient on, so there the loss always has one and the official step is taken.)
             if loss.requires_grad:
                 loss.backward()
                 lap("backward")
@@ -364,6 +385,7 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
             # set_to_none=False is the official code's zero_grad(): modules out of the next batch's path then
             # keep a zero gradient and AdamW's momentum still moves them.
             optimizer.zero_grad(set_to_none=recipe.zero_grad_to_none)
+            _zero_grads(untrained, recipe.zero_grad_to_none)
             lap("optimizer")
             step += 1
             if recipe.pruner is not None:

@@ -173,6 +173,46 @@ def test_official_preset_pads_zeroes_grads_clips_everything_in_fp32():
         SPDSettings(zero_grad="sometimes")
 
 
+def _theseus_batches(n=2):
+    g = torch.Generator().manual_seed(0)
+    return [{"input_ids": torch.randint(5, 200, (4, 8), generator=g),
+             "attention_mask": torch.ones(4, 8, dtype=torch.long),
+             "labels": torch.randint(0, 2, (4,), generator=g)} for _ in range(n)]
+
+
+def test_clipping_over_all_parameters_counts_gradients_adamw_never_steps(monkeypatch):
+    """`clip_grad_over=all` is the official `clip_grad_norm_(model.parameters())`: the embeddings', classifier's
+    and drawn teacher layers' gradients count in the clipped norm (run_glue.py:835), yet only the trainable set
+    moves. It was once a no-op (the loop froze everything else, so `all` clipped the trainable norm)."""
+    from harness.train import LoopConfig, train
+    teacher, batches, clip = tiny_bert(), _theseus_batches(), torch.nn.utils.clip_grad_norm_
+    results = {}
+    for over in ("all", "trainable"):
+        recipe = build("theseus", context("rte", steps_per_epoch=2, teacher=copy.deepcopy(teacher)), epochs=2,
+                       lr=1e-2, replacing_rate=0.5, clip_grad_over=over)
+        names = {id(p): n for n, p in recipe.model.named_parameters()}
+        clipped_names = []
+
+        def spy(params, max_norm, *args, **kwargs):
+            params = list(params)
+            clipped_names.append({names[id(p)] for p in params if p.grad is not None})
+            return clip(params, max_norm, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+        before = {k: v.clone() for k, v in recipe.model.state_dict().items()}
+        train(recipe, get_task("rte"), lambda epoch: iter(batches), batches, torch.device("cpu"),
+              LoopConfig(eval_steps=1000, progress=False, max_grad_norm=0.002))   # binds on the whole norm
+        after = recipe.model.state_dict()
+        assert {k for k in before if not torch.equal(before[k], after[k])} <= {k for k in before if ".student." in k}
+        results[over] = (clipped_names, after)
+    every, trainable_only = results["all"][0], results["trainable"][0]
+    assert every and all(any("embeddings" in n for n in s) and any("classifier" in n for n in s) for s in every)
+    assert trainable_only and all(all(".student." in n for n in s) for s in trainable_only)
+    # the whole norm is the bigger one and clips harder: the same draws end in other weights
+    assert any(not torch.equal(results["all"][1][k], results["trainable"][1][k])
+               for k in results["all"][1] if ".student." in k)
+
+
 # ------------------------------------------------------------------ 5. Theseus
 
 def test_theseus_official_recipe_is_one_run_of_successors_only():
@@ -198,10 +238,7 @@ def test_theseus_trains_only_successors_and_exports_the_compact_model():
     recipe = build("theseus", context("rte", steps_per_epoch=2, teacher=copy.deepcopy(teacher)), epochs=2,
                    lr=1e-2, replacing_rate=0.5)
     before = {k: v.clone() for k, v in recipe.model.state_dict().items()}
-    g = torch.Generator().manual_seed(0)
-    batches = [{"input_ids": torch.randint(5, 200, (4, 8), generator=g),
-                "attention_mask": torch.ones(4, 8, dtype=torch.long),
-                "labels": torch.randint(0, 2, (4,), generator=g)} for _ in range(2)]
+    batches = _theseus_batches()
     train(recipe, get_task("rte"), lambda epoch: iter(batches), batches, torch.device("cpu"),
           LoopConfig(eval_steps=1000, progress=False))
     after = recipe.model.state_dict()

@@ -195,3 +195,25 @@ def test_committed_report_renders_from_its_grid_output(grid, tmp_path):
         return "".join(line for line in text.splitlines(keepends=True) if not line.startswith(GENERATED))
 
     assert without_date(dest.read_text()) == without_date(committed.read_text())
+
+
+def test_the_tables_star_compares_only_the_seeds_both_rows_ran(tmp_path):
+    """`spd-bench table`'s '*' (paired bootstrap against SPD) uses the seeds both rows ran, as the report does:
+    another row's seeds 1-2 against SPD's seeds 3-4 are no pair, whatever the predictions say."""
+    from harness.results import Result
+    from harness.tables import _significance
+
+    def result(method, seed, accuracy):
+        run = tmp_path / f"{method}-{seed}"
+        run.mkdir()
+        correct = np.random.default_rng(seed).random(LABELS.size) < accuracy
+        preds = np.where(correct, LABELS, 1 - LABELS)
+        (run / "predictions.jsonl").write_text("".join(json.dumps({"prediction": int(p), "label": int(y)}) + "\n"
+                                                       for p, y in zip(preds, LABELS)))
+        return Result("rte", method, "tiny", 0.9, seed, accuracy * 100, 1, run)
+
+    spd = [result("spd", s, 0.9) for s in (1, 2, 3, 4)]
+    worse = [result("sparse-ft", s, 0.55) for s in (1, 2)]
+    assert _significance("rte", worse, spd) == "*"                     # seeds 1 and 2 on both sides
+    assert _significance("rte", worse, spd[2:]) == ""                  # SPD ran seeds 3 and 4: no pair
+    assert _significance("rte", worse[:1], spd) == ""                  # one shared seed decides nothing

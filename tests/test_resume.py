@@ -154,3 +154,37 @@ def test_a_preempted_grid_stops_records_no_failure_and_finishes_on_a_rerun(tmp_p
     assert subprocess.run(cmd, cwd=REPO, env=env, capture_output=True).returncode == 0
     assert len(finals(out)) == 3 and not list(out.glob("failed/*.json"))
     assert not list((out / "cells").glob(".*.state"))
+
+
+# --- zeroed (not freed) gradients survive a resume ---------------------------------------------------------------
+def test_a_resumed_official_recipe_keeps_stepping_modules_out_of_the_batch(tmp_path):
+    """The official code's `model.zero_grad()` leaves a zero gradient on every parameter once stepped, so AdamW
+    keeps moving a successor the next draw leaves out. A resumed run must have those zero gradients too (a
+    freed gradient skips the parameter): stopped by SIGTERM at step 5 and resumed in-process, Theseus's
+    official recipe (zero_grad=zeros, clip_grad_over=all) ends bit-identical to an uninterrupted run."""
+    import copy
+
+    from harness.train import Hooks, LoopConfig, Preempted, train
+    from tests.test_faithfulness import _theseus_batches, build, context
+    from tests.conftest import tiny_bert
+    from harness.tasks import get_task
+
+    teacher, batches = tiny_bert(), _theseus_batches(4)
+
+    def run(checkpoint=None, stop_at=None):
+        recipe = build("theseus", context("rte", steps_per_epoch=4, teacher=copy.deepcopy(teacher)), epochs=3,
+                       lr=1e-2, replacing_rate=0.3)
+        assert recipe.zero_grad_to_none is False and recipe.clip_all_parameters
+        stop = Hooks(on_step=lambda end: end.step == stop_at and os.kill(os.getpid(), signal.SIGTERM))
+        train(recipe, get_task("rte"), lambda epoch: iter(batches), batches, torch.device("cpu"),
+              LoopConfig(eval_steps=1000, progress=False, checkpoint=checkpoint), hooks=stop)
+        return recipe.model.state_dict()
+
+    reference = run()
+    ckpt = lambda: Checkpointer(tmp_path / "state", identity="theseus", every_seconds=0)  # noqa: E731
+    with pytest.raises(Preempted):
+        run(ckpt(), stop_at=5)
+    assert (tmp_path / "state" / "current").read_text().strip() == "step-5"
+    resumed = run(ckpt())
+    assert reference.keys() == resumed.keys()
+    assert [k for k in reference if not torch.equal(reference[k], resumed[k])] == []

@@ -109,11 +109,11 @@ def load_classifier(ref: str):
     """A BertForSequenceClassification with every weight from the checkpoint (safetensors), or a UserError."""
     from transformers import AutoConfig, BertForSequenceClassification
     resolved = resolve_checkpoint(ref)
-    try:
-        config = AutoConfig.from_pretrained(resolved)
-    except (OSError, ValueError) as err:
-        raise UserError(f"checkpoint {ref!r} is neither a local folder nor a reachable hub model "
-                        f"({type(err).__name__})") from None
+    try:  # a hub id: the local Hugging Face cache first, the hub only when it can be reached (no minute of retries)
+        config = models._from_pretrained(AutoConfig.from_pretrained, resolved)
+    except (OSError, ValueError, models.HubUnreachable) as err:
+        why = err.reason if isinstance(err, models.HubUnreachable) else type(err).__name__
+        raise UserError(f"checkpoint {ref!r} is neither a local folder nor a reachable hub model ({why})") from None
     if config.model_type != "bert":
         raise UserError(f"checkpoint {ref!r} is a {config.model_type!r} model; spd-bench evaluates BERT "
                         f"sequence classifiers only")

@@ -71,6 +71,14 @@ def _unloadable(name: str, err: Exception) -> UserError:
         f"{type(err).__name__}); built-in: {', '.join(BUILTIN_MODELS)}, or any BERT checkpoint name/path")
 
 
+class HubUnreachable(UserError):
+    """A hub id that is not in the local Hugging Face cache, while the hub cannot be reached."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def _from_pretrained(load, name: str, required: bool = True):
     """`load(path)` for a model name or path: a local directory as it is, a hub id from the local cache
     first and from the hub only when the hub can be reached (an unreachable hub is one line at once, not a
@@ -87,8 +95,9 @@ def _from_pretrained(load, name: str, required: bool = True):
         return load(path)
     if not required:
         return None
-    raise UserError(f"cannot load model {name!r}: not a built-in name, a local checkpoint or in the Hugging Face "
-                    f"cache, and the hub cannot be reached ({reason}); built-in: {', '.join(BUILTIN_MODELS)}")
+    raise HubUnreachable(f"cannot load model {name!r}: not a built-in name, a local checkpoint or in the Hugging "
+                         f"Face cache, and the hub cannot be reached ({reason}); built-in: "
+                         f"{', '.join(BUILTIN_MODELS)}", reason)
 
 
 def load_tokenizer(name: str):

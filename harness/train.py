@@ -250,6 +250,15 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
           device: torch.device, cfg: LoopConfig, train_eval_loader=None, hooks: Hooks | None = None) -> TrainResult:
     """Run `recipe`. `make_train_loader(epoch)` gives the epoch's shuffled batches (the data order is a function
     of the epoch, so a run can be replayed)."""
+    restore_sigterm = cfg.checkpoint.watch_sigterm() if cfg.checkpoint else (lambda: None)
+    try:
+        return _train(recipe, task, make_train_loader, dev_loader, device, cfg, train_eval_loader, hooks)
+    finally:  # however the run ends (finished, preempted, diverged, crashed), SIGTERM is the caller's again
+        restore_sigterm()
+
+
+def _train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object], dev_loader,
+           device: torch.device, cfg: LoopConfig, train_eval_loader, hooks: Hooks | None) -> TrainResult:
     hooks = hooks or Hooks()
     lap = hooks.lap or (lambda name: None)
     precision = resolve_precision(cfg.precision, recipe.precision, device)
@@ -267,7 +276,6 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
     optimizer, nonfinite = None, _NonFinite()
     ckpt = cfg.checkpoint
     saved = ckpt.load() if ckpt else None     # (model tensors, masks, loop state) of an interrupted run
-    restore_sigterm = ckpt.watch_sigterm() if ckpt else (lambda: None)
 
     def run_eval(phase_name: str, extra: dict) -> dict:
         nonlocal best, best_any
@@ -405,12 +413,10 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
             if ckpt is not None and ckpt.due():
                 save_state(phase_index, i + 1, optimizer, scheduler)
                 if ckpt.preempted:
-                    restore_sigterm()
                     raise Preempted(f"stopped by SIGTERM at step {step}; its state is in {ckpt.directory}: "
                                     f"run the same command again to continue")
         last = run_eval(phase.name, state_now())
     bar.close()
-    restore_sigterm()
     if last is None:  # a recipe with no training (dense): evaluate as is
         last = run_eval("eval", {"p": 1.0, "sparsity": 0.0})
     if best is None:  # no evaluation at the final shape (a recipe that never reaches it): say so, keep the last

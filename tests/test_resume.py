@@ -156,35 +156,49 @@ def test_a_preempted_grid_stops_records_no_failure_and_finishes_on_a_rerun(tmp_p
     assert not list((out / "cells").glob(".*.state"))
 
 
-# --- zeroed (not freed) gradients survive a resume ---------------------------------------------------------------
+# --- in-process runs: Theseus's official recipe on the tiny BERT, through the loop ----------------------------------
+def theseus_run(tmp_path, checkpoint=None, on_step=None):
+    """Theseus's official recipe (zero_grad=zeros, clip_grad_over=all), 12 steps; returns the final weights."""
+    import copy
+
+    from harness.tasks import get_task
+    from harness.train import Hooks, LoopConfig, train
+    from tests.conftest import tiny_bert
+    from tests.test_faithfulness import _theseus_batches, build, context
+
+    batches = _theseus_batches(4)
+    recipe = build("theseus", context("rte", steps_per_epoch=4, teacher=copy.deepcopy(tiny_bert())), epochs=3,
+                   lr=1e-2, replacing_rate=0.3)
+    assert recipe.zero_grad_to_none is False and recipe.clip_all_parameters
+    train(recipe, get_task("rte"), lambda epoch: iter(batches), batches, torch.device("cpu"),
+          LoopConfig(eval_steps=1000, progress=False, checkpoint=checkpoint), hooks=Hooks(on_step=on_step))
+    return recipe.model.state_dict()
+
+
 def test_a_resumed_official_recipe_keeps_stepping_modules_out_of_the_batch(tmp_path):
     """The official code's `model.zero_grad()` leaves a zero gradient on every parameter once stepped, so AdamW
     keeps moving a successor the next draw leaves out. A resumed run must have those zero gradients too (a
     freed gradient skips the parameter): stopped by SIGTERM at step 5 and resumed in-process, Theseus's
-    official recipe (zero_grad=zeros, clip_grad_over=all) ends bit-identical to an uninterrupted run."""
-    import copy
+    official recipe ends bit-identical to an uninterrupted run."""
+    from harness.train import Preempted
 
-    from harness.train import Hooks, LoopConfig, Preempted, train
-    from tests.test_faithfulness import _theseus_batches, build, context
-    from tests.conftest import tiny_bert
-    from harness.tasks import get_task
-
-    teacher, batches = tiny_bert(), _theseus_batches(4)
-
-    def run(checkpoint=None, stop_at=None):
-        recipe = build("theseus", context("rte", steps_per_epoch=4, teacher=copy.deepcopy(teacher)), epochs=3,
-                       lr=1e-2, replacing_rate=0.3)
-        assert recipe.zero_grad_to_none is False and recipe.clip_all_parameters
-        stop = Hooks(on_step=lambda end: end.step == stop_at and os.kill(os.getpid(), signal.SIGTERM))
-        train(recipe, get_task("rte"), lambda epoch: iter(batches), batches, torch.device("cpu"),
-              LoopConfig(eval_steps=1000, progress=False, checkpoint=checkpoint), hooks=stop)
-        return recipe.model.state_dict()
-
-    reference = run()
+    reference = theseus_run(tmp_path)
     ckpt = lambda: Checkpointer(tmp_path / "state", identity="theseus", every_seconds=0)  # noqa: E731
     with pytest.raises(Preempted):
-        run(ckpt(), stop_at=5)
+        theseus_run(tmp_path, ckpt(), on_step=lambda end: end.step == 5 and os.kill(os.getpid(), signal.SIGTERM))
     assert (tmp_path / "state" / "current").read_text().strip() == "step-5"
-    resumed = run(ckpt())
+    resumed = theseus_run(tmp_path, ckpt())
     assert reference.keys() == resumed.keys()
     assert [k for k in reference if not torch.equal(reference[k], resumed[k])] == []
+
+
+def test_a_run_ended_by_an_error_gives_sigterm_back(tmp_path):
+    """The loop catches SIGTERM while it runs; a run that ends in an error (a diverged loss, a crash) must give the
+    handler back, or every later run in the process would share a stale notice and a SIGTERM would be swallowed."""
+    def crash(end):
+        raise RuntimeError("boom")
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RuntimeError, match="boom"):
+        theseus_run(tmp_path, Checkpointer(tmp_path / "state", identity="theseus", every_seconds=0), on_step=crash)
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -25,8 +25,11 @@ demo: smoke  ## the smoke grid on the built-in samples, its three tables printed
 smoke: $(STAMP)  ## every method x every task on the tiny model (built-in samples) -> runs/smoke/table{1,2,3}.md
 	$(BIN)/spd-bench run configs/smoke.yaml --out $(OUT)/smoke
 
+# The suite in TEST_WORKERS processes (pytest-xdist; a test file stays on one worker, so its module fixtures run
+# once), one torch thread each: on CI's 2 cores about half the wall time of one process. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(4, len(os.sched_getaffinity(0))))' 2>/dev/null || echo 2)
 test: $(STAMP)  ## run the test suite
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # On a CUDA machine: the whole suite with the `cuda` tier, which then fails rather than skips if no GPU is seen.
 # The container tests stay CI's. An offline GPU box without PyPI: make test-gpu GPU_PYTHON=python3 (docs/gpu.md).

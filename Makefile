@@ -32,10 +32,12 @@ test: $(STAMP)  ## run the test suite
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # On a CUDA machine: the whole suite with the `cuda` tier, which then fails rather than skips if no GPU is seen.
+# In TEST_WORKERS processes where pytest-xdist is importable (the workplace's GPU image has it), else in one.
 # The container tests stay CI's. An offline GPU box without PyPI: make test-gpu GPU_PYTHON=python3 (docs/gpu.md).
 GPU_PYTHON ?= $(BIN)/python
 test-gpu: $(if $(filter $(BIN)/python,$(GPU_PYTHON)),$(STAMP))  ## the suite on a CUDA GPU, cuda tier included (docs/gpu.md)
-	SPD_BENCH_REQUIRE_CUDA=1 $(GPU_PYTHON) -m pytest -q --ignore=tests/test_docker.py
+	SPD_BENCH_REQUIRE_CUDA=1 OMP_NUM_THREADS=1 $(GPU_PYTHON) -m pytest -q --ignore=tests/test_docker.py \
+	  $$($(GPU_PYTHON) -c 'import xdist' 2>/dev/null && printf -- '-n %s --dist loadfile' $(TEST_WORKERS))
 
 lock:  ## re-pin requirements/lock.txt from the current .venv
 	{ echo "# Exact versions that \`make test\` installs and tests, and that docker/Dockerfile installs."; \

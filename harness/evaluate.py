@@ -110,7 +110,7 @@ def load_classifier(ref: str):
     from transformers import AutoConfig, BertForSequenceClassification
     resolved = resolve_checkpoint(ref)
     try:  # a hub id: the local Hugging Face cache first, the hub only when it can be reached (no minute of retries)
-        config = models._from_pretrained(AutoConfig.from_pretrained, resolved)
+        config = models.from_cache_or_hub(AutoConfig.from_pretrained, resolved)
     except (OSError, ValueError, models.HubUnreachable) as err:
         why = err.reason if isinstance(err, models.HubUnreachable) else type(err).__name__
         raise UserError(f"checkpoint {ref!r} is neither a local folder nor a reachable hub model ({why})") from None

@@ -79,7 +79,7 @@ class HubUnreachable(UserError):
         self.reason = reason
 
 
-def _from_pretrained(load, name: str, required: bool = True):
+def from_cache_or_hub(load, name: str, required: bool = True):
     """`load(path)` for a model name or path: a local directory as it is, a hub id from the local cache
     first and from the hub only when the hub can be reached (an unreachable hub is one line at once, not a
     minute of retries). With required=False, None where the answer needs an unreachable hub."""
@@ -105,7 +105,7 @@ def load_tokenizer(name: str):
         # `vocab=`, not `vocab_file=`: transformers 5 ignores vocab_file here and builds a 5-token vocabulary.
         return BertTokenizerFast(vocab=_vocab_file(), do_lower_case=True)
     try:
-        return _from_pretrained(AutoTokenizer.from_pretrained, name)
+        return from_cache_or_hub(AutoTokenizer.from_pretrained, name)
     except (OSError, ValueError) as err:
         raise _unloadable(name, err) from None
 
@@ -116,7 +116,7 @@ def max_positions(name: str) -> int | None:
     if name == "tiny":
         return TINY_CONFIG["max_position_embeddings"]
     try:
-        config = _from_pretrained(AutoConfig.from_pretrained, name, required=False)
+        config = from_cache_or_hub(AutoConfig.from_pretrained, name, required=False)
     except (OSError, ValueError):
         return None   # the model's own load says what is wrong with it, with the full message
     return getattr(config, "max_position_embeddings", None)
@@ -140,13 +140,13 @@ def load_pretrained(name: str, task: Task, seed: int) -> PreTrainedModel:
                             attn_implementation="eager")
         return BertForSequenceClassification(config)
     try:
-        config = _from_pretrained(AutoConfig.from_pretrained, name)
+        config = from_cache_or_hub(AutoConfig.from_pretrained, name)
     except (OSError, ValueError) as err:
         raise _unloadable(name, err) from None
     if config.model_type != "bert":
         raise UserError(f"model {name!r} is a {config.model_type!r} model; spd-bench grafts BERT encoders only")
     with _quiet_hf():
-        return _from_pretrained(lambda path, **kw: BertForSequenceClassification.from_pretrained(
+        return from_cache_or_hub(lambda path, **kw: BertForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, problem_type=problem, attn_implementation="eager", **kw), name)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from harness.claims import MIN_SEEDS, NOT_TESTED, Row, task_verdict
 from harness.grid import cell_summary
 from harness.paper import load_paper_numbers
-from harness.results import Result
+from harness.results import Result, by_seed, paired_by_seed
 from harness.stats import paired_bootstrap, paired_seed_test
 from harness.tables import SPARSITY_TOL, VARIANTS, Cells, prunes, variant_label, variant_of
 from harness.tasks import get_task
@@ -68,8 +68,10 @@ class Comparer:
 
     def runs(self, row: Row, task: str) -> dict[int, Result]:
         """The row's runs on `task` by seed (the tables' selection; runs without a seed cannot be paired)."""
-        return {r.seed: r for r in self.cells.select(row.method, row.sparsity, task, row.settings)
-                if r.seed is not None}
+        return by_seed(self.select(row, task))
+
+    def select(self, row: Row, task: str) -> list[Result]:
+        return self.cells.select(row.method, row.sparsity, task, row.settings)
 
     def failed(self, row: Row, task: str) -> bool:
         return self.cells.failed(row.method, row.sparsity, task, row.settings)
@@ -82,11 +84,10 @@ class Comparer:
         return self._done[key]
 
     def _compare(self, a: Row, b: Row, task: str, measure: str) -> Comparison | None:
-        runs_a, runs_b = self.runs(a, task), self.runs(b, task)
-        seeds = sorted(set(runs_a) & set(runs_b))
-        if not seeds:
+        pairs = paired_by_seed(self.select(a, task), self.select(b, task))
+        if not pairs:
             return None
-        pairs = [(runs_a[s], runs_b[s]) for s in seeds]
+        seeds = [x.seed for x, _ in pairs]
         if measure == "gap":
             gaps = [(gap(x), gap(y)) for x, y in pairs]
             if any(g is None for pair in gaps for g in pair):

@@ -165,6 +165,17 @@ def load_results(out: Path) -> list[Result]:
     return results
 
 
+def by_seed(results: list[Result]) -> dict[int, Result]:
+    """Runs by seed; a run without a seed (an evaluated checkpoint's) cannot be paired and is left out."""
+    return {r.seed: r for r in results if r.seed is not None}
+
+
+def paired_by_seed(a: list[Result], b: list[Result]) -> list[tuple[Result, Result]]:
+    """(a's run, b's run) for each seed both ran, in seed order: what every paired comparison compares."""
+    runs_a, runs_b = by_seed(a), by_seed(b)
+    return [(runs_a[s], runs_b[s]) for s in sorted(set(runs_a) & set(runs_b))]
+
+
 def load_failures(out: Path) -> list[dict]:
     """Failed cells of a grid output: their config (from grid.json) and error."""
     try:

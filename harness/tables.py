@@ -22,7 +22,7 @@ from harness import store
 from harness.errors import UserError
 from harness.paper import load_paper_numbers, paper_avg
 from harness.registry import all_methods
-from harness.results import BEST_SOURCES, REPORTS, Result, load_failures, load_results
+from harness.results import BEST_SOURCES, REPORTS, Result, load_failures, load_results, paired_by_seed
 from harness.stats import paired_bootstrap
 from harness.tasks import get_task
 
@@ -93,13 +93,12 @@ def _significance(task: str, rs: list[Result], spd: list[Result]) -> str:
     the same seeds as `spd-bench report`'s comparisons, harness/compare.py)."""
     if not rs or rs[0].method == "spd":
         return ""
-    ours, theirs = {r.seed: r for r in rs}, {r.seed: r for r in spd}
-    seeds = sorted(s for s in set(ours) & set(theirs) if s is not None)
-    if len(seeds) < 2:
+    pairs = paired_by_seed(rs, spd)
+    if len(pairs) < 2:
         return ""
-    pa = [ours[s].predictions()[0] for s in seeds]
-    pb = [theirs[s].predictions()[0] for s in seeds]
-    labels = ours[seeds[0]].predictions()[1]
+    pa = [ours.predictions()[0] for ours, _ in pairs]
+    pb = [theirs.predictions()[0] for _, theirs in pairs]
+    labels = pairs[0][0].predictions()[1]
     _, p = paired_bootstrap(get_task(task), pa, pb, labels, n_resamples=500)
     return "*" if p < SIGNIFICANCE else ""
 

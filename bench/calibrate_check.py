@@ -112,9 +112,9 @@ def main(argv=None) -> int:
     made_of = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
     print(table, f"\n{verdict} +-{100 * BOUND:.0f} %; estimate: {made_of}")
     lines = [
-        section_header(f"plan --calibrate against running the grid ({cost.device_name(device)})", m),
+        section_header(f"plan --calibrate against running the grid ({cost.device_name(device)})", m, __doc__),
         f"`{config.name if args.quick else args.config}` calibrated with {args.warmup} warm-up + {args.steps} timed "
-        f"steps per probe phase, then run with `run_grid`, in one process; estimate and run in {unit}"
+        f"steps per probe phase; estimate and run in {unit}"
         + (" (wall time of the run, on the shared machine, in the last column)." if cpu else "."),
         "",
         table,

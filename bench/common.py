@@ -16,9 +16,7 @@ import datetime
 import os
 import platform
 import re
-import statistics
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +24,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 PERFORMANCE_MD = REPO / "docs" / "performance.md"
 SHARED_GLUE = REPO.parent / "shared" / "glue"
-PACKAGES = ("torch", "transformers", "datasets", "tokenizers", "numpy")
 
 from harness import store  # noqa: E402  (after the sys.path line above)
 
@@ -43,44 +40,16 @@ prints only).
 """
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def machine() -> dict:
+def machine() -> list[str]:
+    """The date, machine and package lines of a section, taken when the script starts (its load average then)."""
     import torch
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "-"
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "versions": versions, "load": load_average()}
-
-
-def machine_lines(m: dict | None = None) -> list[str]:
-    import torch
-    m = m or machine()
-    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    versions = ", ".join(f"{k} {v}" for k, v in store.package_versions().items())
     return [f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-            f"- machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, {gpu} "
-            f"(load average at start {m['load']})",
-            f"- packages: Python {m['python']}, {versions}"]
+            f"- machine: {store.cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {gpu} "
+            f"(load average at start {load})",
+            f"- packages: Python {platform.python_version()}, {versions}"]
 
 
 def command_line() -> str:
@@ -129,12 +98,11 @@ def publish(name: str, body: str, args) -> None:
     print(f"\nwrote docs/performance.md (section {name})")
 
 
-def section_header(title: str, m: dict | None = None) -> str:
-    return "\n".join([f"## {title}", "", f"`{command_line()}`", "", *machine_lines(m), ""])
-
-
-def median(xs) -> float:
-    return statistics.median(xs)
+def section_header(title: str, machine_lines: list[str], doc: str = "") -> str:
+    """The section's title, command and machine, then `doc` (the script's docstring) as its account of the method:
+    its paragraphs after the summary line, usage lines (indented) left out, so the two cannot drift apart."""
+    method = [p for p in doc.strip().split("\n\n")[1:] if not p.startswith("    ")]
+    return "\n\n".join([f"## {title}", f"`{command_line()}`", "\n".join(machine_lines), *method]) + "\n"
 
 
 def builtin_methods() -> list[str]:

@@ -3,14 +3,18 @@
 Models: BERT-base geometry (random init from bert-base-uncased's config: nothing to download) or `--model minilm`
 (the offline package). Batches: 32 x 128 random tokens, and the real train set at its own lengths (dynamic
 padding; RTE for BERT-base, MRPC for MiniLM; `$GLUE_DIR`, else ../shared/glue). Each recipe is built as the harness
-builds it (bench.common.recipe; `teacher`: the teacher's fine-tuning) and each of its phases runs --warmup +
---steps steps of harness.train.train (harness.cost.probe_phases): ms/step from `Hooks.on_step` timestamps, the GPU
-synchronised only at the window's edges, so the loop runs as in a cell. The floor: a plain forward + backward +
-fused AdamW step of the dense model with the fastest settings found (sdpa, bf16 autocast, TF32, set_to_none;
---compile adds torch.compile), on the same batches already on the GPU. FLOPs per step: harness/cost.py's model,
-with the layers each step's grafting draw actually ran and the teacher's forward for KD; TFLOP/s against the
-card's dense bf16 peak. Peak memory: torch.cuda.max_memory_allocated over the timed steps. One step of SPD's
-pruning phase is profiled with torch.profiler: top kernels by GPU time, top host ops, GPU idle time per step.
+builds it (bench.common.recipe: the task's stage lengths; `teacher`: the teacher's fine-tuning) and each of its
+phases runs --warmup + --steps steps of harness.train.train (harness.cost.probe_phases: the phase's own grafting
+probabilities, pruning events left out; precision auto: bf16 autocast + TF32 on CUDA): ms/step from
+`Hooks.on_step` timestamps, the GPU synchronised only at the window's edges, so the loop runs as in a cell.
+
+The floor (`vs floor`: against the fastest one, on the same batches): a plain forward + backward + fused AdamW step
+of the dense model with the fastest settings found (sdpa, bf16 autocast, TF32, set_to_none; --compile adds
+torch.compile), on the batches already on the GPU. FLOPs per step: harness/cost.py's model (embeddings, softmax and
+element-wise ops not counted), with the layers each step's grafting draw actually ran and the teacher's forward for
+KD; TFLOP/s against the card's dense bf16 peak. Peak memory: torch.cuda.max_memory_allocated over the timed steps.
+One step of SPD's pruning phase is profiled with torch.profiler: top kernels by GPU time, top host ops, GPU idle
+time per step.
 
     source .gpu-bundle/env.sh; python bench/gpu_step.py [--model minilm] [--compile]
     .venv/bin/python bench/gpu_step.py --quick     # smoke: tiny model, on the CPU where there is no GPU
@@ -249,15 +253,11 @@ def main(argv=None) -> int:
                 verdict += f"; {ratio:.2f}x the floor ({'meets' if ratio <= FLOOR_RATIO else 'MISSES'} <= 1.6x)"
             verdicts.append(verdict)
     body = "\n".join([
-        section_header(f"GPU: every method's step through the loop against the floor ({args.model})", m),
-        *device_lines(device),
-        "",
+        section_header(f"GPU: every method's step through the loop against the floor ({args.model})",
+                       m + device_lines(device), __doc__),
         f"`{args.model}` ({sum(p.numel() for p in pretrained.parameters()) / 1e6:.1f}M parameters), task head "
-        f"{task.name}; per phase {args.warmup} warm-up + {args.steps} timed steps through `harness.train.train` "
-        f"(precision auto: bf16 autocast + TF32 on CUDA), RTE-sized stage lengths, the phase's own grafting "
-        f"probabilities; pruning events excluded. `vs floor`: against the fastest floor of the same batches. "
-        + (f"Real batches from `{source}`. " if source else skipped) + "FLOPs from harness/cost.py's model "
-        "(embeddings, softmax and element-wise ops not counted). See the script's docstring for the method.",
+        f"{task.name}; per phase {args.warmup} warm-up + {args.steps} timed steps. "
+        + (f"Real batches from `{source}`." if source else skipped),
         "",
         table,
         "",

@@ -9,9 +9,11 @@ state, the second is a steady step), then the phase-end evaluation on one small 
 at their worst draw for memory: SPD and Sparse + Progressive with every student module in the path (p = 1,
 stage 3), Theseus with its first successor drawn and the predecessors after it (a `Hooks.lap` at 'draw' sets
 it: activations of 5 layers are kept for the backward).
-Peak RSS comes from the kernel (/proc/self/status VmHWM, reset through /proc/self/clear_refs after setup when
-the kernel allows it; else getrusage's ru_maxrss): psutil is not installed, and tracemalloc does not see
-torch's allocations.
+
+'RSS before training' is after imports, model load and the recipe's surgery. The peak is the kernel's high-water
+mark (/proc/self/status VmHWM, reset through /proc/self/clear_refs after setup where the kernel allows it; else
+getrusage's ru_maxrss; psutil is not installed, and tracemalloc does not see torch's allocations), so it includes
+the activations kept for the backward pass, gradients and AdamW's two moments of the trainable set.
 
     .venv/bin/python bench/memory.py [--quick]
 """
@@ -154,19 +156,10 @@ def main(argv=None) -> int:
                "RSS before training MiB", "peak RSS MiB", "peak - before MiB", f"peak vs {base['method']}"]
     table = tabulate(rows, headers=headers, tablefmt="github")
     print(table)
-    reset = all(r["peak_reset"] for r in results)
     body = "\n".join([
-        section_header("Peak memory of a training step, per method (CPU)", m),
-        f"`{args.model}`, batch {args.batch} x {args.seq} random token ids, {args.steps} steps of each method's "
-        f"first phase (theseus-compact: Theseus's second phase) through `harness.train.train` (the real loop: "
-        f"grafting draw, teacher forward for KD, student forward/backward, clip, AdamW, pruner) plus its "
-        f"phase-end evaluation on 8 examples; one fresh subprocess per method. `dense-ft` is the teacher's "
-        f"fine-tuning (every parameter, task loss). Grafted recipes at their worst draw for memory: SPD and "
-        f"sparse-progressive with every student module in the path (p = 1), Theseus with its first successor "
-        f"drawn and the predecessors after it, so activations of 5 of the 6 layers are kept for the backward. "
-        f"'RSS before training' is after imports, model load and the recipe's surgery; the peak is the "
-        f"kernel's high-water mark (VmHWM{', reset after setup' if reset else ''}), so it includes the "
-        f"activations kept for the backward pass, gradients and AdamW's two moments of the trainable set.",
+        section_header("Peak memory of a training step, per method (CPU)", m, __doc__),
+        f"`{args.model}`, batch {args.batch} x {args.seq} random token ids, {args.steps} steps"
+        + ("" if all(r["peak_reset"] for r in results) else "; VmHWM could not be reset after setup") + ".",
         "",
         table,
     ])

@@ -2,12 +2,13 @@
 steps, and where the rest goes.
 
 The teacher is fine-tuned first, outside the timed cell (prepare_teacher: once per task and seed, shared by every
-method of a grid). The cell's manifest splits its wall time: the loop's `step_seconds` (every step, fetching
-its batch and the teacher's forward included), the loop's time outside its steps (`train_seconds` -
-`step_seconds`: the dev and train-subset evaluations, optimizer and phase setup) and the cell's time outside the
-loop (data from the tokenized cache, teacher load, recipe surgery, export, checkpoint and sparsity report). The
-same cell then runs with eval_steps so large that only phase ends evaluate, to show what the default ~20
-evaluations per run cost; the cost of one evaluation projects the evaluation share of longer runs.
+method of a grid; as in a grid, it leaves the tokenized splits in the cache the cell reads). The cell's manifest
+splits its wall time: the loop's `step_seconds` (every step, fetching its batch and the teacher's forward
+included), the loop's time outside its steps (`train_seconds` - `step_seconds`: the dev and train-subset
+evaluations, optimizer and phase setup) and the cell's time outside the loop (data from the tokenized cache,
+teacher load, recipe surgery, export, checkpoint and sparsity report). The same cell then runs with eval_steps so
+large that only phase ends evaluate, to show what the default ~20 evaluations per run cost; the cost of one
+evaluation projects the evaluation share of longer runs.
 
     .venv/bin/python bench/overhead.py [--quick]      # --quick: the tiny model on 64 built-in samples
 """
@@ -93,14 +94,11 @@ def main(argv=None) -> int:
     print(table, proj, sep="\n\n")
     overhead = (default["wall"] - default["steps"]) / default["wall"]
     body = "\n".join([
-        section_header("Harness overhead of one cell (CPU)", m),
-        f"One real cell, `{args.method}` on {args.task.upper()} with `{args.model}` "
+        section_header("Harness overhead of one cell (CPU)", m, __doc__),
+        f"`{args.method}` on {args.task.upper()} with `{args.model}` "
         f"({'built-in samples' if args.quick else f'real data from {source}'}), max_train_examples="
         f"{args.max_train_examples} (batch 32: {default['n_steps']} steps with prune/graft/finetune epochs 2/1/1), "
-        f"train_eval_examples 256, eval batch 128, run with `harness.run.run_cell` in this process; the teacher "
-        f"(1 epoch) was fine-tuned beforehand in {teacher_s:.0f}s and is not part of the cell (as in a grid, it also "
-        f"left the tokenized splits in the cache the cell reads). The split comes from the cell's manifest: "
-        f"`evaluation` is the loop's time outside its steps, `other` the cell's time outside the loop.",
+        f"train_eval_examples 256, eval batch 128; the teacher (1 epoch) was fine-tuned in {teacher_s:.0f}s.",
         "",
         table,
         "",

@@ -2,13 +2,15 @@
 tokens (make_loader(..., pad_to=128): the official code's --pad_to_max_length), on the real CoLA, STS-B, MRPC and
 RTE train sets (--tasks to choose).
 
-For each task both loaders are built with the same shuffle seed, so batch i holds the same examples in both
-and differs only in padding. Tokens per epoch are counted exactly over the whole epoch. The time is the
-forward + backward of minilm (train mode, loss from the labels) on the first N batches of the epoch, the
-two loaders interleaved batch by batch; the epoch time is extrapolated from those batches: padded batches
-all have one shape (time per batch x batches per epoch); dynamic batches are timed per token
-(seconds per padded token of the measured batches x tokens per epoch). The optimizer step (clip + AdamW) is
-left out: it costs the same per step whatever the padding, and both epochs have the same number of steps.
+For each task both loaders are built with the same shuffle seed, so batch i holds the same examples in both and
+differs only in padding. Tokens per epoch are counted exactly over the whole epoch (padding included: what the model
+computes on). Timed: the forward + backward of the model (train mode, loss from the labels) on the first --batches
+batches of the epoch, the two loaders interleaved batch by batch. The columns marked * extrapolate to the full
+epoch: padded batches all have one shape (median seconds per batch x batches per epoch); dynamic batches by tokens
+(seconds per padded token of the timed batches x tokens per epoch; attention's cost is quadratic in the length, so
+this slightly overstates long batches and understates short ones). The last column is the ratio over the timed
+batches themselves, no extrapolation. The optimizer step (clip + AdamW) is left out: it costs the same per step
+whatever the padding (the step_cost section has its size), and both epochs have the same number of steps.
 
     .venv/bin/python bench/padding.py [--quick] [--batches N]
 """
@@ -17,10 +19,11 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_parser, glue_dir, machine, median, section_header, publish  # noqa: E402
+from bench.common import bench_parser, glue_dir, machine, section_header, publish  # noqa: E402
 
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
@@ -114,21 +117,10 @@ def main(argv=None) -> int:
     table = tabulate(rows, headers=headers, tablefmt="github")
     print(table)
     body = "\n".join([
-        section_header("Dynamic padding vs padding to 128 tokens (CPU)", m),
-        f"`{args.model}`, batch {BATCH}, max_seq_length {SEQ}, the train sets from `{source}`. Both loaders "
-        f"use the same shuffle seed, so batch i holds the same examples in both; tokens per epoch are counted "
-        f"over the full epoch (padding included: what the model computes on). Timed: forward + backward "
-        f"(train mode, loss from the labels) of the first {args.batches} batches of the epoch, dynamic and padded "
-        f"interleaved batch by batch.",
+        section_header("Dynamic padding vs padding to 128 tokens (CPU)", m, __doc__),
+        f"`{args.model}`, batch {BATCH}, max_seq_length {SEQ}, the train sets from `{source}`.",
         "",
         table,
-        "",
-        "\\* Extrapolated to the full epoch: pad-128 batches all have one shape (median seconds per batch x "
-        "batches per epoch); dynamic batches by tokens (seconds per token over the timed batches x tokens per "
-        "epoch; attention's cost is quadratic in the length, so this slightly overstates long batches and "
-        "understates short ones). The last column is the ratio over the timed batches themselves, no "
-        "extrapolation. The optimizer step is not included: it costs the same per step under both paddings "
-        "(see the step_cost section for its size).",
     ])
     publish("padding", body, args)
     return 0

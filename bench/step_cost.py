@@ -1,11 +1,15 @@
 """Every method's training step on the CPU, through the real loop, and where its time goes.
 
 Each recipe is built as the harness builds it (bench.common.recipe: default settings, RTE's stage lengths, 90 %
-sparsity; `teacher` is the teacher's fine-tuning, the plain step) on the same pre-trained model, and each of its
-phases runs --warmup + --steps steps of harness.train.train on random batches of --batch x --seq tokens
-(harness.cost.probe_phases: the phase's own grafting probabilities, sampled across it; pruning events left out
-and timed on their own). `Hooks.lap` splits every timed step into the loop's parts. --rounds rounds with the
-recipes interleaved, the fastest round kept: other jobs on a shared machine slow a round, never speed it up.
+sparsity) on the same pre-trained model; `teacher` is the teacher's fine-tuning (every parameter, task loss): the
+plain step. Each phase runs --warmup + --steps steps of harness.train.train on random batches of --batch x --seq
+tokens (harness.cost.probe_phases: the phase's own grafting probabilities, sampled across it; pruning events left
+out and timed on their own). --rounds rounds with the recipes interleaved, the fastest round kept: other jobs on a
+shared machine slow a round, never speed it up.
+
+The part columns are seconds per step between the loop's `Hooks.lap` boundaries (`teacher`: the teacher's forward
+for KD; `optimizer`: clip, AdamW, scheduler, zero_grad; `pruner`: mask re-application; `bookkeeping`: finiteness
+check, progress bar, hooks).
 
     .venv/bin/python bench/step_cost.py [--quick] [--threads N] [--rounds R]
 """
@@ -80,16 +84,10 @@ def main(argv=None) -> int:
                   f"{1000 * apply:.1f} ms.")
     print(table, event_line, sep="\n\n")
     body = "\n".join([
-        section_header("Step cost of every method (CPU)", m),
+        section_header("Step cost of every method (CPU)", m, __doc__),
         f"`{args.model}` ({sum(p.numel() for p in pretrained.parameters()) / 1e6:.1f}M parameters), batches of "
-        f"{args.batch} x {args.seq} random token ids, task head {args.task}, {args.threads} torch thread(s), "
-        f"{'process CPU' if args.clock == 'cpu' else 'wall'} time. Each "
-        f"recipe built as the harness builds it; each phase runs {args.warmup} warm-up + {args.steps} timed steps of "
-        f"`harness.train.train` at the phase's own grafting probabilities (sampled across the phase), the fastest "
-        f"of {args.rounds} interleaved rounds. `teacher` is the teacher's fine-tuning (every parameter, task loss): "
-        f"the plain step. The part columns are seconds per step between the loop's `Hooks.lap` boundaries "
-        f"(`teacher`: the teacher's forward for KD; `optimizer`: clip, AdamW, scheduler, zero_grad; `pruner`: mask "
-        f"re-application; `bookkeeping`: finiteness check, progress bar, hooks).",
+        f"{args.batch} x {args.seq}, task head {args.task}, {args.threads} torch thread(s), "
+        f"{'process CPU' if args.clock == 'cpu' else 'wall'} time.",
         "",
         table,
         "",

@@ -50,3 +50,15 @@ def test_grid_overhead_reads_a_finished_grid(tmp_path, capsys):
     assert run_script("grid_overhead", str(tmp_path / "out")) == 0
     out = capsys.readouterr().out
     assert "| sparse-ft" in out and "overhead (wall - steps) / wall" in out
+
+
+@pytest.mark.parametrize("name", [*QUICK, "calibrate_check"])
+def test_a_docs_section_explains_its_method_from_the_scripts_docstring(name):
+    from bench.common import section_header
+    doc = importlib.import_module(f"bench.{name}").__doc__
+    text = section_header("Title", ["- machine: m"], doc)
+    summary, *paragraphs = doc.strip().split("\n\n")
+    described = [p for p in paragraphs if not p.startswith("    ")]
+    assert text.startswith("## Title\n\n`") and "\n\n- machine: m\n\n" in text
+    assert described and all(p in text for p in described)
+    assert summary not in text and "bench/" + name + ".py [" not in text    # no summary line, no usage lines

@@ -104,6 +104,18 @@ def autocast(device: torch.device, precision: str = "bf16"):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """TF32 for CUDA's fp32 matmuls while the block runs (part of 'bf16'), the flags as they were afterwards: they
+    are process-wide, and a later fp32 evaluation in the same process must not inherit them."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 def set_attention(model: nn.Module, implementation: str) -> None:
     """Switch every config in the model (grafted students hold deep copies) to 'eager' or 'sdpa'."""
     seen = set()
@@ -140,7 +152,7 @@ def predict(model: nn.Module, loader, task: Task, device: torch.device,
         labels = batch.pop("labels")
         with autocast(device, precision):
             hidden = model.bert(**batch).last_hidden_state
-        with torch.autocast(device.type, enabled=False):
+        with torch.autocast(device.type, enabled=False), tf32(False):
             logits = model.classifier(model.bert.pooler(hidden.float()))
         preds.append(logits.view(-1) if task.is_regression else logits.argmax(-1))
         refs.append(labels)
@@ -251,9 +263,10 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
     """Run `recipe`. `make_train_loader(epoch)` gives the epoch's shuffled batches (the data order is a function
     of the epoch, so a run can be replayed)."""
     restore_sigterm = cfg.checkpoint.watch_sigterm() if cfg.checkpoint else (lambda: None)
-    try:
-        return _train(recipe, task, make_train_loader, dev_loader, device, cfg, train_eval_loader, hooks)
-    finally:  # however the run ends (finished, preempted, diverged, crashed), SIGTERM is the caller's again
+    try:  # TF32 is part of 'bf16' on CUDA; 'fp32' means the official code's full fp32
+        with tf32(device.type == "cuda" and resolve_precision(cfg.precision, recipe.precision, device) == "bf16"):
+            return _train(recipe, task, make_train_loader, dev_loader, device, cfg, train_eval_loader, hooks)
+    finally:  # however the run ends (finished, preempted, diverged, crashed), SIGTERM and TF32 are as they were
         restore_sigterm()
 
 
@@ -262,8 +275,6 @@ def _train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object
     hooks = hooks or Hooks()
     lap = hooks.lap or (lambda name: None)
     precision = resolve_precision(cfg.precision, recipe.precision, device)
-    if device.type == "cuda":  # TF32 is part of 'bf16'; 'fp32' means the official code's full fp32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "bf16"
     recipe.to(device)
     model = recipe.model
     total = recipe.total_steps

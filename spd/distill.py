@@ -40,7 +40,7 @@ def soft_cross_entropy(student_logits, teacher_logits, temperature: float = 1.0,
 def masked_mse(student: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     """MSE averaged over the entries `weight` (broadcastable, 0/1) selects; plain mean when weight is None."""
     if weight is None:
-        return F.mse_loss(student, teacher)
+        return F.mse_loss(student.float(), teacher.float())
     squared = (student.float() - teacher.float()).pow(2) * weight
     return squared.sum() / (weight.expand_as(squared).sum()).clamp_min(1)
 
@@ -61,10 +61,12 @@ def kd_loss(student, teacher, labels, *, regression: bool, temperature: float = 
         attn_entry = real[:, None, :, None] * real[:, None, None, :]  # [B, 1, L, L] against [B, heads, L, L]
     attn = sum(masked_mse(s, t, attn_entry) for s, t in zip(student.attentions, teacher.attentions))
     hidden = sum(masked_mse(s, t, token) for s, t in zip(student.hidden_states, teacher.hidden_states))
+    # in fp32 whatever the forward ran in (bf16 logits would round STS-B's gold scores and the soft targets)
+    logits = student.logits.float()
     if regression:
-        pred = F.mse_loss(student.logits.view(-1), labels.view(-1).to(student.logits.dtype))
+        pred = F.mse_loss(logits.view(-1), labels.view(-1).float())
     else:
-        pred = soft_cross_entropy(student.logits, teacher.logits, temperature, reduction)
+        pred = soft_cross_entropy(logits, teacher.logits.float(), temperature, reduction)
     loss = attn + hidden + pred
     return loss, {"attn": attn.detach(), "hidden": hidden.detach(), "pred": pred.detach()}
 

@@ -107,6 +107,7 @@ class MagnitudePruner:
         # The step after which the masks stop changing: the model has its final shape from there on.
         self.last_event_step = max(self.schedule, default=0)
         self.masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
+        self._multipliers: dict[str, tuple] = {}    # name -> (the mask it was made from, its version, multiplier)
         self.current_sparsity = initial_sparsity
 
     @torch.no_grad()
@@ -130,8 +131,18 @@ class MagnitudePruner:
         weights = list(self.weights.values())
         if not weights:
             return
-        masks = [self._mask_for(name, w) for name, w in self.weights.items()]
-        torch._foreach_mul_(weights, masks)
+        torch._foreach_mul_(weights, [self._multiplier(name, w) for name, w in self.weights.items()])
+
+    def _multiplier(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """The mask in its weight's dtype: foreach's one-kernel path on CUDA needs every list to share one dtype
+        (bool masks made torch fall back to a multiply per matrix). Made again when the mask is replaced, edited
+        in place (its version moves) or follows its weight to another device; x * 1.0 and x * 0.0 are what the
+        bool mask gave, bit for bit."""
+        mask = self._mask_for(name, weight)
+        made = self._multipliers.get(name)
+        if made is None or made[0] is not mask or made[1] != mask._version or made[2].dtype != weight.dtype:
+            made = self._multipliers[name] = (mask, mask._version, mask.to(weight.dtype))
+        return made[2]
 
     def _mask_for(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         # Masks follow their weights: made before the loop moved the model to its device, or moved since.

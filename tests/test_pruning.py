@@ -82,3 +82,24 @@ def test_only_the_six_weight_matrices_are_pruned(bert):
 def test_sparsity_outside_range_rejected(bert):
     with pytest.raises(ValueError):
         MagnitudePruner(prunable_matrices(encoder_layers(bert)), 1.0, prune_steps=1)
+
+
+def test_re_masking_multiplies_in_the_weights_dtype_and_sees_every_change_of_a_mask(bert):
+    """apply() multiplies by the masks cast to the weights' dtype (foreach's one-kernel CUDA path needs one dtype
+    across its lists); the cast copy must follow a mask that is replaced or edited in place."""
+    weights = prunable_matrices(encoder_layers(bert))
+    pruner = MagnitudePruner(weights, 0.5, prune_steps=1, num_events=1)
+    pruner.step(1)
+    name, w = next(iter(weights.items()))
+    assert all(pruner._multiplier(n, v).dtype == v.dtype for n, v in weights.items())
+    kept = pruner.masks[name].nonzero()[0].tolist()
+    pruner.masks[name][tuple(kept)] = False                 # edited in place
+    with torch.no_grad():
+        w.add_(1.0)
+    pruner.apply()
+    assert w[tuple(kept)] == 0 and int((w == 0).sum()) == round(0.5 * w.numel()) + 1
+    pruner.masks = {n: torch.ones_like(m) for n, m in pruner.masks.items()}    # replaced (as a resume does)
+    with torch.no_grad():
+        w.add_(1.0)
+    pruner.apply()
+    assert int((w == 0).sum()) == 0

@@ -12,7 +12,7 @@ cells / (last cell's finish - first cell's start), so teachers and interpreter s
 #11's target: >= 4x at >= 4 workers on a grid of >= 8 MiniLM cells (configs/gpu_speed.yaml).
 
     .venv/bin/python bench/calibrate_check.py [CONFIG] [--quick] [--warmup N] [--steps N] [--workers N]
-    source .gpu-bundle/env.sh; python bench/calibrate_check.py configs/gpu_speed.yaml --workers 4
+    source .gpu-bundle/env.sh && python bench/calibrate_check.py configs/gpu_speed.yaml --workers 4
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ KD; TFLOP/s against the card's dense bf16 peak. Peak memory: torch.cuda.max_memo
 One step of SPD's pruning phase is profiled with torch.profiler: top kernels by GPU time, top host ops, GPU idle
 time per step.
 
-    source .gpu-bundle/env.sh; python bench/gpu_step.py [--model minilm] [--compile]
+    source .gpu-bundle/env.sh && python bench/gpu_step.py [--model minilm] [--compile]
     .venv/bin/python bench/gpu_step.py --quick     # smoke: tiny model, on the CPU where there is no GPU
 """
 from __future__ import annotations

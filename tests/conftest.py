@@ -13,6 +13,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# Counted once, before any test hides the GPUs from its child processes (torch caches the count).
+CUDA_AT_START = torch.cuda.device_count()
+
+
+@pytest.fixture(autouse=True)
+def cpu_outside_the_cuda_tier(request, monkeypatch):
+    """On a GPU machine (`make test-gpu`) a test outside the `cuda` tier still runs on the CPU, as in CI: its expected
+    values are CPU fp32 ones (test_pinned, the calibration bounds, bit-identical resumes); the `cuda` tier is where
+    CUDA is tested. In this process torch reports no GPU; a child process gets CUDA_VISIBLE_DEVICES=''."""
+    if CUDA_AT_START and request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
 def tiny_bert(num_labels=2, layers=4, seed=0):
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,

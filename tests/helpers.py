@@ -1,5 +1,8 @@
 """Shared settings for end-to-end tests: the tiny model on the built-in samples with a few steps."""
+import os
+
 from harness.cli import main
+from tests.conftest import REPO
 
 # 64 train examples, batch 16: 4 steps an epoch. Enough for every stage to run and for the checks to bite.
 FAST_RUN = ["max_train_examples=64", "batch_size=16", "teacher_epochs=2", "teacher_lr=2e-3",
@@ -22,3 +25,9 @@ def fast_run(method, task, out, cache, sparsity=0.5, extra=(), settings=None):
     return run_cli("run", "--method", method, "--task", task, "--model", "tiny", "--sparsity", sparsity,
                    "--glue-dir", "samples", "--out", out, "--cache", cache, "--quiet", "--seed", 1,
                    *FAST_RUN, *(FAST_SETTINGS[method] if settings is None else settings), *extra)
+
+
+def child_env() -> dict:
+    """The environment of a test's child `python`: this checkout first on PYTHONPATH, what was there kept (the GPU
+    machine's bundle puts the packages its image lacks there)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}

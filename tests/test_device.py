@@ -18,7 +18,7 @@ from harness import data, models
 from harness.recipe import BuildContext, stray_tensors
 from harness.registry import get_method, make_settings, use_plugins
 from harness.tasks import get_task
-from harness.train import Hooks, LoopConfig, evaluate, resolve_precision, set_attention, train
+from harness.train import Hooks, LoopConfig, evaluate, resolve_precision, set_attention, tf32, train
 from spd.pruning import PRUNED_MATRICES
 from tests.conftest import REPO, tiny_bert
 from tests.helpers import fast_run
@@ -159,6 +159,10 @@ def _one_spd_step(device: str) -> tuple[float, dict]:
     recipe.phases = recipe.phases[:1]
     recipe.phases[0].steps = 2                      # step 1 and 2: not pruning events on a 16-step stage
     g = torch.Generator().manual_seed(3)
+    with torch.no_grad():   # a student that is still its teacher has gradients of rounding noise only
+        for name, p in recipe.model.named_parameters():
+            if ".student." in name:
+                p.add_(0.02 * torch.randn(p.shape, generator=g))
     ids = torch.randint(5, 200, (8, 16), generator=g)
     mask = torch.ones_like(ids)
     mask[:3, 11:] = 0
@@ -175,7 +179,12 @@ def _one_spd_step(device: str) -> tuple[float, dict]:
 @CUDA
 @needs_cuda
 def test_one_spd_step_in_fp32_is_the_same_on_cpu_and_cuda():
-    """fp32 without TF32 on both: the same loss and the same updated weights to within 1e-4 relative."""
+    """fp32 without TF32 on both: the same loss and the same updated weights to within 1e-4 relative.
+
+    The student is moved off its teacher first (_one_spd_step): a student that is still its teacher has gradients
+    of rounding noise only, which AdamW's g / (|g| + eps) turns into +-lr steps that differ between any two
+    devices. Checked on the CPU against float64 arithmetic as the other device: the moved student's weights agree
+    to 7.7e-7 (the unmoved one's differ by up to 2.8e-4 in 9 of 64 tensors)."""
     cpu_losses, cpu_weights = _one_spd_step("cpu")
     cuda_losses, cuda_weights = _one_spd_step("cuda")
     assert cuda_losses == pytest.approx(cpu_losses, rel=1e-4)
@@ -203,6 +212,26 @@ def test_an_explicit_cuda_index_places_everything_on_that_gpu(tmp_path, cache_di
     out = tmp_path / "run"
     assert fast_run("spd", "rte", out, cache_dir, settings=LONG_PRUNING, extra=[f"device=cuda:{index}"]) == 0
     assert "cuda" in json.loads((out / "manifest.json").read_text())["device"]
+
+
+def test_the_fp32_head_runs_without_tf32_and_a_run_gives_the_tf32_flags_back():
+    """The TF32 flags are process-wide and a bf16 run on CUDA turns them on: the evaluation head must not inherit
+    them (its scores are fp32), and a run leaves them as it found them."""
+    model, task = tiny_bert(num_labels=1), get_task("stsb")
+    ids = torch.randint(5, 200, (4, 8))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+             "labels": torch.rand(4)}
+    seen = []
+    model.classifier.register_forward_pre_hook(lambda m, a: seen.append(torch.backends.cuda.matmul.allow_tf32))
+    recipe = build_recipe("sparse-ft")
+    recipe.phases, recipe.phases[0].steps = recipe.phases[:1], 1
+    labels = {**batch, "labels": torch.zeros(4, dtype=torch.long)}
+    with tf32(True):
+        evaluate(model, [batch], task, torch.device("cpu"), "bf16")
+        train(recipe, get_task("rte"), lambda epoch: [labels], [labels], torch.device("cpu"),
+              LoopConfig(progress=False))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert seen == [False]
 
 
 def test_evaluation_leaves_the_attention_implementation_as_it_found_it():

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from harness.resume import Checkpointer
 from tests.conftest import REPO
-from tests.helpers import FAST_RUN, run_cli
+from tests.helpers import FAST_RUN, child_env, run_cli
 
 # 32 steps (prune 12, graft 12, fine-tune 8), a mid-training checkpoint after every step (checkpoint_minutes ~ 1 ms).
 LONG = ["prune_epochs=3", "graft_epochs=3", "finetune_epochs=2", "lr=1e-3", "eval_steps=5",
@@ -36,7 +36,7 @@ def saved_step(out) -> int:
 
 def interrupt(out, cache, sig, at_least: int) -> int:
     """Start the run, send `sig` once it has saved a state at step >= at_least; returns its exit code."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     proc = subprocess.Popen(command(out, cache), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
@@ -60,7 +60,7 @@ def result(out) -> tuple:
 def test_sigterm_then_sigkill_then_resume_is_bit_identical(tmp_path):
     cache = tmp_path / "cache"
     reference = tmp_path / "reference"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     assert run_cli(*command(reference, cache)[3:]) == 0            # in-process: one interpreter start less
     assert not (tmp_path / ".reference.state").exists()         # a finished run leaves no state behind
 
@@ -133,7 +133,7 @@ def test_a_preempted_grid_stops_records_no_failure_and_finishes_on_a_rerun(tmp_p
     config = preemptible_grid(tmp_path / "grid.yaml", workers)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "harness.cli", "run", str(config), "--out", str(out), "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 240

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from harness.tblog import TensorBoardLog, log_every
 from harness.train import StepEnd
 from tests.conftest import REPO
-from tests.helpers import fast_run
+from tests.helpers import child_env, fast_run
 
 
 def scalars(log_dir) -> dict[str, dict[int, float]]:
@@ -73,7 +73,7 @@ def test_without_the_setting_tensorboard_is_not_imported(tmp_path):
             "loaded = sorted(m for m in sys.modules if 'tensorboard' in m)\n"
             "assert not loaded, loaded\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                          env=child_env())
     assert done.returncode == 0, done.stderr[-2000:]
 
 

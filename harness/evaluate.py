@@ -313,8 +313,9 @@ def _is_complete(run_dir: Path, cfg: EvalConfig) -> bool:
         metrics = store.read_json(run_dir / "metrics.json")
     except (OSError, ValueError):
         return False
-    return "score" in metrics.get("final", {}).get("dev", {}) and all(
-        config.get(f.name) == getattr(cfg, f.name) for f in dataclasses.fields(EvalConfig))
+    # config.json records the row's name as shown (a default name resolved), so `name` compares that way
+    return "score" in metrics.get("final", {}).get("dev", {}) and config.get("name") == cfg.row_name and all(
+        config.get(f.name) == getattr(cfg, f.name) for f in dataclasses.fields(EvalConfig) if f.name != "name")
 
 
 def run_grid_checkpoints(evals: list[EvalConfig], out: Path) -> dict:
@@ -365,7 +366,9 @@ def cmd_eval(args) -> int:
                      eval_batch_size=args.eval_batch_size, max_seq_length=args.max_seq_length,
                      max_eval_examples=args.max_eval_examples, device=args.device, precision=args.precision)
     task = get_task(cfg.task)
-    out = Path(args.out or f"runs/eval/{_slug(cfg.row_name)}-{task.name}")
+    from harness.run import claim_out_dir
+    # before anything is evaluated: a new or empty directory, or a finished evaluation of this same config
+    out = claim_out_dir(args.out or f"runs/eval/{_slug(cfg.row_name)}-{task.name}", lambda d: _is_complete(d, cfg))
     t0 = time.time()
     m = evaluate_checkpoint(cfg, out, cache_dir=args.cache)
     params = m["params"]

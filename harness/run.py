@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Callable, Literal
 
 import datasets
 import torch
@@ -148,11 +148,11 @@ def saved_key(run_dir: Path) -> str | None:
         return None
 
 
-def claim_out_dir(out_dir: str | os.PathLike, cfg: RunConfig) -> Path:
-    """Where a run may write, decided before anything is trained. A run never removes what it did not make:
-    `out_dir` may be new, an empty directory, or a finished run directory of this same config that holds only
-    files spd-bench wrote (then the new run replaces it, atomically, when it finishes). Anything else is a
-    UserError."""
+def claim_out_dir(out_dir: str | os.PathLike, same_config: Callable[[Path], bool]) -> Path:
+    """Where a run (or an evaluation) may write, decided before anything is trained or evaluated. A run never
+    removes what it did not make: `out_dir` may be new, an empty directory, or a finished run directory that
+    `same_config` says is of this same config and that holds only files spd-bench wrote (then the new run
+    replaces it, atomically, when it finishes). Anything else is a UserError."""
     out = Path(out_dir)
     if out.is_symlink():
         raise UserError(f"output {out} is a symbolic link; give the directory it points to")
@@ -170,7 +170,7 @@ def claim_out_dir(out_dir: str | os.PathLike, cfg: RunConfig) -> Path:
     if foreign:
         raise UserError(f"output directory {out} holds {foreign[0]!r}, which spd-bench did not write; nothing "
                         f"was run: move it away or choose another output directory")
-    if saved_key(out) != cfg.key():
+    if not same_config(out):
         raise UserError(f"output directory {out} holds a finished run of another config; nothing was run: "
                         f"choose another output directory (a run replaces only a run of its own config)")
     return out
@@ -347,7 +347,7 @@ def run_cell(cfg: RunConfig, out_dir: str | os.PathLike, cache_dir: str | os.Pat
     """Run one (task, method, model, sparsity, seed) cell into `out_dir`; returns its metrics."""
     started = time.time()
     cfg.validate()   # the output directory is judged by the cell's key, of the validated config
-    out_dir = claim_out_dir(out_dir, cfg)
+    out_dir = claim_out_dir(out_dir, lambda d: saved_key(d) == cfg.key())
     task, method, settings, cache_dir, device, tokenizer, td = _setup(cfg, cache_dir)
     teacher_dir = ensure_teacher(cfg, task, td, device, cache_dir, progress)
     teacher_metrics = store.read_json(teacher_dir / "metrics.json")

@@ -98,6 +98,29 @@ def test_eval_of_a_saved_checkpoint_reproduces_its_run_and_is_a_named_row(spd_rt
     assert table_row(capsys.readouterr().out, "MyMethod (50.0% sparse) [ours only]")[rte] == mine[rte] + "±0.0"
 
 
+def test_eval_out_is_claimed_before_anything_is_evaluated_and_never_replaces_another_run(spd_rte_run, tmp_path,
+                                                                                         capsys):
+    """--out follows `run --out`'s rule: new, empty, or a finished evaluation of this same config. A training run,
+    another evaluation and a folder of the user's are refused in one line, and left as they were."""
+    run, cache = spd_rte_run
+    trained = tmp_path / "trained"
+    shutil.copytree(run, trained)
+    before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    assert eval_cli(run / "model", trained, cache) == 2
+    assert "holds a finished run of another config; nothing was run" in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's\n")
+    assert eval_cli(run / "model", mine, cache) == 2
+    assert "notes.txt" in one_error_line(capsys) and not list(tmp_path.glob(".*"))
+    ev = tmp_path / "ev"
+    assert eval_cli(run / "model", ev, cache) == 0
+    assert eval_cli(run / "model", ev, cache) == 0                       # the same evaluation again: replaced
+    assert eval_cli(run / "model", ev, cache, "--name", "Other") == 2      # another one: refused
+    assert "another config" in one_error_line(capsys) and read(ev / "metrics.json")["method"] == "eval:run"
+
+
 def test_permuted_label_names_are_mapped_back_to_the_task_order(spd_rte_run, tmp_path):
     run, cache = spd_rte_run
     swapped = relabelled_copy(run / "model", tmp_path / "swapped", ["NOT_ENTAILMENT", "Entailment"], swap_rows=True)

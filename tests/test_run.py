@@ -1,5 +1,6 @@
 """End to end: `spd-bench run` on the built-in samples with the tiny model."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -81,6 +82,7 @@ def test_each_evaluation_is_made_once_even_where_eval_steps_meets_a_phase_end(tm
     assert steps == [4, 8, 12]
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git binary (git_dirty asks `git status`)")
 def test_manifest_says_whether_the_checkout_was_edited(tmp_path):
     # a result made from an edited config/source is not that commit's result: git_dirty tells them apart
     import subprocess

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from harness.recipe import BuildContext, Phase, Recipe, all_parameters
 from harness.registry import register_method
+from harness.validation import Fraction, NonNegative, Positive, Rate
 from spd.distill import TaskLoss
 from spd.method import SPDSettings, resolve, sparse_student_recipe, stage_steps
 from spd.pruning import MagnitudePruner, encoder_layers, prunable_matrices
@@ -35,12 +36,12 @@ def build_sparse_progressive(settings: SPDSettings, ctx: BuildContext) -> Recipe
 class SparseFTSettings:
     # The paper gives no recipe for plain sparse fine-tuning; SPD's stage lengths with a standard
     # full-model fine-tuning learning rate (SPD's 5e-4..6.4e-4 is for student modules under KD).
-    lr: float = 3e-5
-    prune_epochs: float | None = None
-    graft_epochs: float | None = None     # named as in SPD so one grid sets one budget for all methods
-    finetune_epochs: float | None = None
-    num_prune_events: int = 12
-    warmup_ratio: float = 0.0
+    lr: Rate = 3e-5
+    prune_epochs: Rate | None = None
+    graft_epochs: NonNegative | None = None   # named as in SPD so one grid sets one budget for all methods
+    finetune_epochs: NonNegative | None = None
+    num_prune_events: Positive = 12
+    warmup_ratio: Fraction = 0.0
 
 
 @register_method("sparse-ft", settings=SparseFTSettings,

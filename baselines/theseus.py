@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from harness.errors import UserError
 from harness.recipe import BuildContext, Phase, Recipe, all_parameters, epochs_to_steps, student_parameters
 from harness.registry import register_method
+from harness.validation import Count, NonNegative, Positive, Probability, Rate
 from spd import grafting
 from spd.distill import TaskLoss
 
@@ -31,17 +32,17 @@ TWO_PHASE_EPOCHS = (10.0, 5.0)          # the README's 15 epochs, split into rep
 @dataclass
 class TheseusSettings:
     recipe: str = "official"          # 'official' (one run, run_glue.py) | 'two-phase'
-    replacing_rate: float = 0.3       # p0 (linear) or the constant p (README: --replacing_rate 0.3)
+    replacing_rate: Probability = 0.3 # p0 (linear) or the constant p (README: --replacing_rate 0.3)
     scheduler: str = "linear"         # 'linear' | 'constant' (README: --scheduler_type linear)
-    linear_k: float = 0.0006          # README: --scheduler_linear_k 0.0006
+    linear_k: NonNegative = 0.0006    # README: --scheduler_linear_k 0.0006
     # constant scheduler: p = 1 from step max(n, 1) on, as ConstantReplacementScheduler does with
     # --steps_for_replacing n (the README's constant example: 2500); None: p never changes
-    steps_for_replacing: int | None = None
-    epochs: float | None = None       # official: the run's length (None: the README's 15)
-    replace_epochs: float | None = None   # two-phase: replacing stage (None: 10)
-    finetune_epochs: float | None = None  # two-phase: compact fine-tuning (None: 5)
-    lr: float = 2e-5                  # README: --learning_rate 2e-5
-    compress_ratio: int = 2
+    steps_for_replacing: Count | None = None
+    epochs: Rate | None = None        # official: the run's length (None: the README's 15)
+    replace_epochs: Rate | None = None    # two-phase: replacing stage (None: 10)
+    finetune_epochs: NonNegative | None = None  # two-phase: compact fine-tuning (None: 5)
+    lr: Rate = 2e-5                   # README: --learning_rate 2e-5
+    compress_ratio: Positive = 2
     zero_grad: str | None = None      # 'zeros' (official) | 'none' (two-phase): gradients of undrawn successors
     clip_grad_over: str | None = None  # 'all' (official) | 'trainable' (two-phase)
 
@@ -52,8 +53,6 @@ class TheseusSettings:
         for name, (value, valid) in choices.items():
             if value is not None and value not in valid:
                 raise UserError(f"unknown Theseus {name} {value!r}; valid: {', '.join(valid)}")
-        if not 0.0 <= self.replacing_rate <= 1.0:
-            raise UserError(f"replacing_rate must be in [0, 1], got {self.replacing_rate}")
         if self.recipe == "official" and (self.replace_epochs is not None or self.finetune_epochs is not None):
             raise UserError("replace_epochs/finetune_epochs belong to recipe=two-phase; the official recipe is one "
                             "run of `epochs` epochs")

@@ -167,8 +167,19 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
 
 
 def pick_device(requested: str | None = None) -> torch.device:
+    """`requested` ('cpu', 'cuda', 'cuda:N') if this machine has it, else one UserError line; None: CUDA if any."""
     if requested:
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, ValueError):
+            raise UserError(f"device must be cpu, cuda or cuda:N, got {requested!r}") from None
+        if device.type not in ("cpu", "cuda"):
+            raise UserError(f"device must be cpu, cuda or cuda:N, got {requested!r}")
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.type == "cuda" and (device.index or 0) >= gpus:
+            raise UserError(f"device {requested!r}: " + (f"this machine has {gpus} visible GPU(s)" if gpus
+                                                         else "no CUDA device here (torch.cuda.is_available() is False)"))
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")

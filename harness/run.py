@@ -41,7 +41,7 @@ from harness.registry import get_method, make_settings
 from harness.resume import Checkpointer, identity_of
 from harness.tasks import Task, get_task
 from harness.train import Hooks, LoopConfig, TrainResult, train
-from harness.validation import check_fields
+from harness.validation import Count, Device, Positive, Rate, check_fields
 from spd.distill import TaskLoss
 from spd.pruning import encoder_layers, matrix_report, prunable_matrices
 
@@ -49,10 +49,6 @@ TEACHER_FORMAT = 1  # bump when a change makes cached teachers invalid
 datasets.disable_progress_bars()  # tokenizing a split takes a second; our own bars show a run's progress
 
 
-# Bounds live in the annotations (harness/validation.py reads them; the dataclass ignores them).
-Positive = Annotated[int, Field(ge=1)]
-Count = Annotated[int, Field(ge=0)]
-Rate = Annotated[float, Field(gt=0)]
 
 
 @dataclass
@@ -76,7 +72,7 @@ class RunConfig:
     teacher_epochs: Annotated[float, Field(gt=0)] = 4.0
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: Rate = 1.0
-    device: str | None = None
+    device: Device | None = None
     # 'auto': bf16 autocast + TF32 on CUDA, fp32 on the CPU (a method preset may ask for fp32: official-code);
     # 'bf16' or 'fp32' force it. Evaluation logits are fp32 whatever this says (docs/gpu.md).
     precision: Literal["auto", "bf16", "fp32"] = "auto"

@@ -25,9 +25,18 @@ import typing
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from harness.errors import UserError
+
+# The bounds the settings classes share (RunConfig, the methods'), for their annotations.
+Positive = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=0)]
+Rate = Annotated[float, Field(gt=0)]                 # learning rates, temperatures, a stage that must train
+NonNegative = Annotated[float, Field(ge=0)]          # e.g. a stage that may be left out (0 epochs)
+Probability = Annotated[float, Field(ge=0, le=1)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Device = Annotated[str, Field(pattern=r"^(cpu|cuda(:[0-9]+)?)$")]   # whether it exists here: models.pick_device
 
 # NaN or inf in a learning rate or a sparsity is a mistake, never a setting.
 _CONFIG = ConfigDict(allow_inf_nan=False)
@@ -91,7 +100,8 @@ def describe(hint) -> str:
         else:
             base = typing.get_origin(kind) or kind
             words.append(_TYPE_NAMES.get(base, getattr(base, "__name__", str(base))))
-    text = " or ".join(words) + _bounds(constraints)
+    text = " or ".join(words) + _bounds(constraints) + "".join(
+        f" matching {c.pattern}" for c in constraints if getattr(c, "pattern", None))
     return text + (" or null" if None in kinds else "")
 
 

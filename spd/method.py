@@ -22,6 +22,7 @@ import torch
 from harness.errors import UserError
 from harness.recipe import BuildContext, Phase, Recipe, epochs_to_steps, student_parameters
 from harness.registry import register_method
+from harness.validation import Fraction, NonNegative, Positive, Probability, Rate
 from spd import grafting
 from spd.distill import LayerwiseKD, TaskLoss
 from spd.pruning import OFFICIAL_FREQ_BATCH, MagnitudePruner, official_event_steps, prunable_matrices
@@ -67,19 +68,19 @@ def paper_lr(task: str, sparsity: float) -> float:
 @dataclass
 class SPDSettings:
     preset: str = "paper"
-    prune_epochs: float | None = None      # None: per-task default above
-    graft_epochs: float | None = None
-    finetune_epochs: float | None = None
-    lr: float | None = None                # both LR phases, unless prune_lr / graft_lr are set
-    prune_lr: float | None = None
-    graft_lr: float | None = None
-    p0: float | None = None                # initial grafting probability
+    prune_epochs: Rate | None = None       # None: per-task default above; > 0: a method that prunes must prune
+    graft_epochs: NonNegative | None = None
+    finetune_epochs: NonNegative | None = None
+    lr: Rate | None = None                 # both LR phases, unless prune_lr / graft_lr are set
+    prune_lr: Rate | None = None
+    graft_lr: Rate | None = None
+    p0: Probability | None = None          # initial grafting probability
     grafting: str | None = None            # 'progressive' (paper) | 'constant' (official code: p = p0 throughout)
     fresh_optimizer: bool | None = None    # paper: a new AdamW after pruning; official code: keep it
-    num_prune_events: int = 12
+    num_prune_events: Positive = 12
     prune_schedule: str | None = None      # 'even' (paper: K events, the last ends the stage) | 'official-code'
-    warmup_ratio: float = 0.0
-    temperature: float = 1.0
+    warmup_ratio: Fraction = 0.0
+    temperature: Rate = 1.0
     kd_reduction: str | None = None        # 'batchmean' (paper) | 'elementmean' (official code)
     kd_mask_padding: bool | None = None    # MSE over real tokens (paper) | over every padded position (code)
     zero_grad: str | None = None           # 'none' (paper: an undrawn module is not updated) | 'zeros' (code)

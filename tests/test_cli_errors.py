@@ -23,9 +23,20 @@ def one_error_line(capsys) -> str:
     (["--task", "rte", "--method", "spd", "--sparsity", "1.0"], ["sparsity: must be a number in [0, 1), got 1.0"]),
     (["--task", "rte", "--method", "spd", "--sparsity", "-0.1"], ["sparsity: must be a number in [0, 1)"]),
     (["--task", "rte", "--method", "spd", "pzero=0.5"], ["unknown setting 'pzero'", "p0", "prune_epochs"]),
-    (["--task", "rte", "--method", "spd", "p0=high"], ["p0: must be a number or null, got 'high'"]),
+    (["--task", "rte", "--method", "spd", "p0=high"], ["p0: must be a number in [0, 1] or null, got 'high'"]),
     (["--task", "rte", "--method", "spd", "preset=codez"], ["unknown SPD preset 'codez'", "official-code"]),
     (["--task", "rte", "--glue-dir", "/no/such/dir"], ["/no/such/dir does not exist"]),
+    # values that used to train, or to finish as a 'done' cell that never pruned or never trained
+    (["--task", "rte", "--method", "spd", "num_prune_events=0"], ["num_prune_events: must be a whole number >= 1"]),
+    (["--task", "rte", "--method", "spd", "prune_epochs=0"], ["prune_epochs: must be a number > 0 or null, got 0"]),
+    (["--task", "rte", "--method", "sparse-ft", "graft_epochs=-1"], ["graft_epochs: must be a number >= 0 or null"]),
+    (["--task", "rte", "--method", "spd", "lr=-1"], ["lr: must be a number > 0 or null, got -1"]),
+    (["--task", "rte", "--method", "spd", "warmup_ratio=5"], ["warmup_ratio: must be a number in [0, 1), got 5"]),
+    (["--task", "rte", "--method", "spd", "temperature=0"], ["temperature: must be a number > 0, got 0"]),
+    (["--task", "rte", "--method", "theseus", "epochs=-2"], ["epochs: must be a number > 0 or null, got -2"]),
+    (["--task", "rte", "--method", "theseus", "replacing_rate=2"], ["replacing_rate: must be a number in [0, 1]"]),
+    (["--task", "rte", "--method", "spd", "device=nosuch"], ["device: must be text matching", "got 'nosuch'"]),
+    (["--task", "rte", "--method", "spd", "device=cuda:99"], ["device 'cuda:99'"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, expected, tmp_path, capsys):
     assert run_cli(*BASE, "--out", tmp_path / "o", "--cache", tmp_path / "c", *argv) == 2
@@ -100,7 +111,7 @@ def test_no_traceback_from_the_console_script(tmp_path):
     (["max_seq_length=100000"], "max_seq_length: must be at most 512 for model 'tiny'"),
     (["precision=fp16"], "precision: must be one of 'auto', 'bf16', 'fp32', got 'fp16'"),
     (["teacher_lr=nan"], "teacher_lr: must be a number > 0, got 'nan'"),
-    (["p0=true"], "p0: must be a number or null, got True"),
+    (["p0=true"], "p0: must be a number in [0, 1] or null, got True"),
     (["seed=abc"], "seed: must be a whole number >= 0, got 'abc'"),
 ])
 def test_bad_run_setting_is_one_line_before_training(argv, expected, tmp_path, capsys):
@@ -205,7 +216,7 @@ GRID = ("name: g\nmodel: tiny\nglue_dir: samples\nseeds: [1]\ntasks: [rte]\n"
     (GRID.replace("tasks: [rte]", "tasks: []"), "tasks: must not be empty"),
     (GRID.replace("tasks: [rte]", "tasks: [rte, 5]"), "tasks[1]: must be text, got 5"),
     (GRID.replace("{method: spd, sparsity: 0.5}", "{method: spd, settings: {p0: high}}"),
-     "methods[0].settings.p0: must be a number or null, got 'high'"),
+     "methods[0].settings.p0: must be a number in [0, 1] or null, got 'high'"),
     (GRID + "task_overrides: {rte: {settings: {p0: x}}}\n", "task_overrides.rte.settings.p0: must be a number"),
     (GRID + "task_overrides: {cola: {run: {eval_steps: 1}}}\n", "task_overrides.cola: not one of the grid's tasks"),
     (GRID.replace("{method: spd, sparsity: 0.5}", "{method: spd, settings: {preset: codez}}"),

@@ -40,6 +40,8 @@ PY
 spd_bench() { python3 -m harness.cli "$@"; }
 # a run directory's record without its weights (the tarballs stay a few MB)
 pack() { tar czf "$1" --exclude=model --exclude=cache --exclude='.*.state' --exclude=.runner.lock -C "$2" "$3"; }
+# "PART: exit N" for a part's log, and whether `timeout` stopped it
+ended() { echo "$1: exit $2$(case $2 in 124|137) echo ' (stopped at its time limit)' ;; esac)"; }
 
 acceptance() {
   # the suite with its cuda tier, beside the runs (it is CPU-bound; they are GPU-bound); in 6 processes where
@@ -65,8 +67,12 @@ acceptance() {
       pids+=($!) names+=("$t-$m")
     done
   done
-  local failed=0 p
-  for p in "${pids[@]}"; do wait "$p" || failed=$((failed + 1)); done
+  local failed=0 i rc
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}"; rc=$?
+    echo $rc >"$work/${names[$i]}.rc"
+    [ $rc = 0 ] || failed=$((failed + 1))
+  done
   tail -n 1 "$work"/*.log >"$out/methods.log"
   echo "methods: $failed of ${#pids[@]} runs failed" | tee -a "$out/methods.log"
   python3 - "$work" "${names[@]}" >"$out/methods.md" <<'PY'
@@ -77,8 +83,10 @@ rows = ["| run | steps | dev | achieved sparsity | precision | device |", "|---|
 for name in sys.argv[2:]:
     run = work / "runs" / name
     if not (run / "metrics.json").exists():    # a failed run leaves no run directory: its log's last line says why
+        rc = (work / f"{name}.rc").read_text().strip()
         last = ((work / f"{name}.log").read_text().strip().splitlines() or ["no output"])[-1]
-        rows.append(f"| {name} | FAILED: {last[:150].replace('|', '/')} | | | | |")
+        why = " (its time limit)" if rc in ("124", "137") else ""
+        rows.append(f"| {name} | FAILED, exit {rc}{why}: {last[:150].replace('|', '/')} | | | | |")
         continue
     m = json.loads((run / "metrics.json").read_text())
     rows.append(f"| {name} | {m['final']['step']} | {m['final']['dev']['score']:.2f} | "
@@ -87,12 +95,13 @@ for name in sys.argv[2:]:
 print("\n".join(rows))
 PY
   timeout -k 15 150 python3 -m harness.cli run configs/smoke.yaml --out "$work/smoke" --quiet >"$out/smoke.log" 2>&1
-  echo "smoke grid: exit $?" >>"$out/smoke.log"
+  ended "smoke grid" $? >>"$out/smoke.log"
   wait "$tests"
-  echo "make test-gpu: exit $? (124: stopped at its time limit)" >>"$out/test-gpu.log"
+  ended "make test-gpu" $? >>"$out/test-gpu.log"
   tail -n 3 "$out/test-gpu.log"
-  pack "$out/acceptance.tar.gz" "$work" runs
-  tar czf "$out/smoke-tables.tar.gz" -C "$work/smoke" $(cd "$work/smoke" && ls table*.md 2>/dev/null)
+  [ -d "$work/runs" ] && pack "$out/acceptance.tar.gz" "$work" runs
+  ls "$work"/smoke/table*.md >/dev/null 2>&1 && tar czf "$out/smoke-tables.tar.gz" -C "$work/smoke" \
+    $(cd "$work/smoke" && ls table*.md)
 }
 
 speed() {
@@ -101,11 +110,11 @@ speed() {
   for name in bert-base:190 minilm:110; do
     limit=${name#*:} name=${name%:*}
     timeout -k 15 "$limit" python3 bench/gpu_step.py --model "$name" >"$out/gpu_step-$name.log" 2>&1
-    echo "gpu_step $name: exit $? (124: stopped at ${limit}s)" >>"$out/gpu_step-$name.log"
+    ended "gpu_step $name" $? >>"$out/gpu_step-$name.log"
     cp docs/performance.md "$out/performance.md"    # with the GPU sections these scripts wrote
   done
   timeout -k 15 240 python3 bench/calibrate_check.py configs/gpu_speed.yaml --workers 4 >"$out/calibrate_check.log" 2>&1
-  echo "calibrate_check: exit $? (124: stopped at 240s)" >>"$out/calibrate_check.log"
+  ended calibrate_check $? >>"$out/calibrate_check.log"
   cp docs/performance.md "$out/performance.md"
 }
 
@@ -118,7 +127,7 @@ grid() {
   timeout --preserve-status -s TERM -k 45 "$seconds" \
     python3 -m harness.cli run configs/minilm_gpu.yaml --out $dir --glue-dir "$GLUE_DIR" --quiet \
     >"$out/grid.log" 2>&1
-  echo "grid: exit $? after at most ${seconds}s" >>"$out/grid.log"
+  ended "grid (at most ${seconds}s; 143: stopped by its SIGTERM, state saved)" $? >>"$out/grid.log"
   spd_bench status $dir >"$out/grid-status.txt" 2>&1
   pack "$out/minilm-gpu.tar.gz" runs minilm-gpu
   tail -n 2 "$out/grid.log"; tail -n 3 "$out/grid-status.txt"

@@ -19,6 +19,11 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
+# run fields with an option of their own; grid options that a single run would silently ignore
+FLAGGED = ("task", "method", "model", "sparsity", "seed", "glue_dir")
+GRID_OPTIONS = ("seeds", "workers_per_gpu", "partition", "time", "gpus", "cpus", "parallelism")
+
+
 def parse_overrides(pairs: list[str], method_name: str) -> tuple[dict, dict]:
     """key=value pairs -> (run-config overrides, method-setting overrides). Values are YAML scalars."""
     from harness.registry import get_method
@@ -32,6 +37,10 @@ def parse_overrides(pairs: list[str], method_name: str) -> tuple[dict, dict]:
         if not sep or not key:
             raise UserError(f"expected key=value, got {pair!r}")
         key = key.replace("-", "_")
+        if key in FLAGGED:   # task=cola beside --task rte ran CoLA: one way to say each
+            raise UserError(f"{key} is set with --{key.replace('_', '-')}, not {key}=...")
+        if key in run_over or key in settings:
+            raise UserError(f"setting {key!r} is given twice")
         try:
             value = yaml.safe_load(raw) if raw else None
         except yaml.YAMLError:
@@ -67,6 +76,11 @@ def cmd_run(args) -> int:
         return run_grid_command(args)
     if not args.task:
         raise UserError("run needs --task (or a grid CONFIG.yaml)")
+    grid_only = [name for name in GRID_OPTIONS if getattr(args, name) is not None]
+    grid_only += ["executor"] if args.executor != "local" else []
+    if grid_only:
+        raise UserError(f"--{grid_only[0].replace('_', '-')} is an option of a grid: give a grid CONFIG.yaml, or "
+                        f"leave it out of a single run")
     run_over, settings = parse_overrides(args.overrides, args.method)
     cfg = RunConfig(task=args.task, method=args.method, model=args.model, sparsity=args.sparsity,
                     seed=args.seed, glue_dir=args.glue_dir, settings=settings)
@@ -168,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as err:
         print(f"spd-bench: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as err:
+        # a path the user gave is the wrong kind of thing (--out a folder, --cache a file) or not theirs to write
+        if err.filename is None:
+            raise
+        # os.replace(tmp, path) names the target second: the path the user gave
+        print(f"spd-bench: error: {err.filename2 or err.filename}: {err.strerror.lower()}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("spd-bench: interrupted", file=sys.stderr)

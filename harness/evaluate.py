@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from harness import data, models, store
 from harness.errors import UserError
@@ -128,6 +129,9 @@ def load_classifier(ref: str):
         if "safetensors" in str(err):
             raise UserError(f"checkpoint {ref!r} has no safetensors weights; spd-bench loads safetensors only") from None
         raise UserError(f"cannot load checkpoint {ref!r} ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    except (SafetensorError, RuntimeError, ValueError) as err:   # a damaged or truncated weights file
+        raise UserError(f"cannot read the weights of checkpoint {ref!r} ({type(err).__name__}: "
+                        f"{(str(err).splitlines() or [''])[0]})") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise UserError(f"checkpoint {ref!r} lacks {len(missing)} weight(s) of a BERT sequence classifier "
@@ -212,8 +216,8 @@ def evaluate_checkpoint(cfg: EvalConfig, out_dir, cache_dir=None) -> dict:
     task = get_task(cfg.task)
     name = cfg.row_name
     check_name(name)
-    for field in ("eval_batch_size", "max_seq_length"):
-        if getattr(cfg, field) < 1:
+    for field in ("eval_batch_size", "max_seq_length", "max_eval_examples"):
+        if getattr(cfg, field) is not None and getattr(cfg, field) < 1:
             raise UserError(f"{field} must be positive, got {getattr(cfg, field)}")
     model, resolved = load_classifier(cfg.checkpoint)
     order, labels = label_mapping(model.config.id2label, model.config.num_labels, task, cfg.label_order)
@@ -290,6 +294,10 @@ def grid_checkpoints(entries, config_path: Path, tasks: list[str], source: str, 
         beside = Path(config_path).parent / path
         if not Path(path).is_absolute() and beside.exists():
             path = str(beside.resolve())
+        try:   # a local folder is checked now, not after every cell has trained (a hub id when it is evaluated)
+            resolve_checkpoint(path)
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
         name = str(entry.get("name") or default_name(path))
         check_name(name)
         order = entry.get("label_order")

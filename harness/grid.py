@@ -265,10 +265,11 @@ def run_slurm(todo: list[Cell], out: Path, opts: dict, cluster: str | None = Non
         job.result()
 
 
-def claim_grid_out(out: Path) -> None:
-    """A grid writes grid.json, cells/, failed/, cache/ and tables into `out`: it may be new, empty, or a grid
-    output directory (it has our grid.json); anything else would have its files overwritten, so it is
-    refused before anything runs."""
+def claim_grid_out(out: Path, name: str) -> None:
+    """A grid writes grid.json, cells/, failed/, cache/ and tables into `out`: it may be new, empty, or the output
+    directory of a grid of this `name` (it has our grid.json); anything else would have its files overwritten, or
+    its grid.json taken over by another grid while its cells stay in the tables, so it is refused before
+    anything runs."""
     if out.is_symlink() and not out.is_dir():
         raise UserError(f"output {out} is a broken symbolic link")
     if out.exists() and not out.is_dir():
@@ -278,8 +279,12 @@ def claim_grid_out(out: Path) -> None:
     entries = sorted(p.name for p in out.iterdir() if p.name != ".runner.lock")
     if entries:
         try:
-            if isinstance(store.read_json(out / "grid.json").get("cells"), list):
-                return
+            meta = store.read_json(out / "grid.json")
+            if isinstance(meta.get("cells"), list):
+                if meta.get("name") == name:
+                    return
+                raise UserError(f"output directory {out} holds grid {meta.get('name')!r}, not {name!r}; nothing was "
+                                f"run: choose another --out (a grid continues only its own output)")
         except (OSError, ValueError, AttributeError):
             pass
         raise UserError(f"output directory {out} exists and is not a grid output directory (it holds "
@@ -290,7 +295,7 @@ def run_grid(grid: Grid, out: Path, executor: str = "local", progress: bool = Tr
              slurm: dict | None = None, cluster: str | None = None, workers_per_gpu: int | None = None,
              command: str | None = None) -> dict:
     """`command`: the command line that ran the grid, recorded in grid.json for the report's provenance."""
-    claim_grid_out(out)
+    claim_grid_out(out, grid.name)
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / ".runner.lock"))
     try:

@@ -58,7 +58,8 @@ class TaskOverride(StrictModel):
 class GridFile(StrictModel):
     """The YAML's shape; values of `run:` and `settings:` sections are checked against RunConfig and the
     method's settings class (harness.validation), which know their types and bounds."""
-    name: str | None = None
+    # a folder name (runs/<name> by default), never a path: '../x' would write outside runs/
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")] | None = None
     description: str | None = None
     model: str = "bert-base-uncased"
     glue_dir: str | None = None

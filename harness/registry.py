@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -50,6 +51,11 @@ def register_method(name: str, *, settings: type, description: str, prunes: bool
         raise TypeError("settings must be a dataclass")
 
     def decorate(build):
+        taken = METHODS.get(name)
+        if taken and (taken.build.__module__, taken.build.__qualname__) != (build.__module__, build.__qualname__):
+            # a plugin under a built-in's name would put its results in that method's rows
+            raise UserError(f"method name {name!r} is registered twice, by {taken.build.__module__} and by "
+                            f"{build.__module__}: give one of them another name")
         METHODS[name] = Method(name, build, settings, description, prunes, uses_teacher_for_loss)
         return build
     return decorate
@@ -78,6 +84,17 @@ def load_plugin_file(path: str | Path) -> None:
         del sys.modules[spec.name]
         _loaded_files.discard(path)
         raise UserError(f"plugin {path}:{err.lineno}: syntax error: {err.msg}") from None
+    except UserError:
+        del sys.modules[spec.name]
+        _loaded_files.discard(path)
+        raise
+    except Exception as err:  # the user's code failed as it ran: the plugin's line and what it raised, in one line
+        del sys.modules[spec.name]
+        _loaded_files.discard(path)
+        line = next((f.lineno for f in reversed(traceback.extract_tb(err.__traceback__))
+                     if Path(f.filename) == path), "?")
+        what = (str(err).splitlines() or [""])[0]
+        raise UserError(f"plugin {path}:{line}: {type(err).__name__} when imported: {what}") from None
     except BaseException:
         del sys.modules[spec.name]
         _loaded_files.discard(path)

@@ -21,10 +21,20 @@ def run_cli(*args) -> int:
 
 
 def fast_run(method, task, out, cache, sparsity=0.5, extra=(), settings=None):
-    """`settings`: the method's key=value settings instead of FAST_SETTINGS[method]."""
+    """`settings`: the method's key=value settings instead of FAST_SETTINGS[method]; a key=value in `extra`
+    replaces FAST_RUN's or the settings' (the CLI refuses a key given twice)."""
     return run_cli("run", "--method", method, "--task", task, "--model", "tiny", "--sparsity", sparsity,
                    "--glue-dir", "samples", "--out", out, "--cache", cache, "--quiet", "--seed", 1,
-                   *FAST_RUN, *(FAST_SETTINGS[method] if settings is None else settings), *extra)
+                   *merged(FAST_RUN, FAST_SETTINGS[method] if settings is None else settings, extra))
+
+
+def merged(*arg_lists) -> list[str]:
+    """The arguments of several lists, a later key=value replacing an earlier one of the same key (the CLI
+    refuses a key given twice); options such as `--plugin FILE` kept, after them."""
+    given = [str(a) for args in arg_lists for a in args]
+    setting = [("=" in a and not a.startswith("-")) for a in given]
+    pairs = {a.partition("=")[0]: a for a, is_pair in zip(given, setting) if is_pair}
+    return [*pairs.values(), *(a for a, is_pair in zip(given, setting) if not is_pair)]
 
 
 def child_env() -> dict:

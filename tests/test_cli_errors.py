@@ -112,7 +112,11 @@ def test_no_traceback_from_the_console_script(tmp_path):
     (["precision=fp16"], "precision: must be one of 'auto', 'bf16', 'fp32', got 'fp16'"),
     (["teacher_lr=nan"], "teacher_lr: must be a number > 0, got 'nan'"),
     (["p0=true"], "p0: must be a number in [0, 1] or null, got True"),
-    (["seed=abc"], "seed: must be a whole number >= 0, got 'abc'"),
+    (["seed=3"], "seed is set with --seed, not seed=..."),     # task=cola beside --task rte used to run CoLA
+    (["task=cola"], "task is set with --task, not task=..."),
+    (["p0=0.5", "p0=0.6"], "setting 'p0' is given twice"),
+    (["--seeds", "3"], "--seeds is an option of a grid"),          # ignored by a single run, until now
+    (["--executor", "slurm"], "--executor is an option of a grid"),
 ])
 def test_bad_run_setting_is_one_line_before_training(argv, expected, tmp_path, capsys):
     assert run_cli(*BASE, "--task", "rte", "--out", tmp_path / "o", "--cache", tmp_path / "c", *argv) == 2
@@ -145,6 +149,27 @@ def test_plugin_with_a_syntax_error_is_one_line(tmp_path, capsys):
     assert run_cli("methods", "--plugin", plugin) == 2
     line = one_error_line(capsys)
     assert f"{plugin}:2: syntax error" in line
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("x = 1\nraise RuntimeError('boom at import')\n", ":2: RuntimeError when imported: boom at import"),
+    ("import nosuchmodule_xyz\n", ":1: ModuleNotFoundError when imported: No module named 'nosuchmodule_xyz'"),
+])
+def test_a_plugin_that_raises_when_imported_is_one_line_with_its_line(body, expected, tmp_path, capsys):
+    plugin = tmp_path / "raiser.py"
+    plugin.write_text(body)
+    assert run_cli("methods", "--plugin", plugin) == 2
+    assert f"{plugin}{expected}" in one_error_line(capsys)
+
+
+def test_a_plugin_cannot_take_a_built_in_methods_name(tmp_path, capsys):
+    """Its cells would be the rows of SPD in every table."""
+    plugin = tmp_path / "clash.py"
+    plugin.write_text("from dataclasses import dataclass\nfrom harness.registry import register_method\n"
+                      "@dataclass\nclass S:\n    lr: float = 1.0\n"
+                      "@register_method('spd', settings=S, description='not SPD')\ndef build(s, ctx):\n    pass\n")
+    assert run_cli("methods", "--plugin", plugin) == 2
+    assert "method name 'spd' is registered twice" in one_error_line(capsys)
 
 
 def test_out_naming_an_existing_file_is_refused_before_training(tmp_path, capsys):
@@ -222,6 +247,9 @@ GRID = ("name: g\nmodel: tiny\nglue_dir: samples\nseeds: [1]\ntasks: [rte]\n"
     (GRID.replace("{method: spd, sparsity: 0.5}", "{method: spd, settings: {preset: codez}}"),
      "methods[0].settings: unknown SPD preset 'codez'"),
     ("name: [unclosed\n", "not valid YAML (line 2)"),
+    (GRID.replace("name: g", "name: ../escaped"), "name: string should match pattern"),   # runs/../escaped
+    (GRID.replace("{method: spd, sparsity: 0.5}", "{method: spd, sparsity: 0.5, settings: {num_prune_events: 0}}"),
+     "methods[0].settings.num_prune_events: must be a whole number >= 1"),
 ])
 def test_grid_mistakes_are_one_line_before_anything_runs(text, expected, tmp_path, capsys):
     config = write_yaml(tmp_path / "g.yaml", text)
@@ -229,6 +257,17 @@ def test_grid_mistakes_are_one_line_before_anything_runs(text, expected, tmp_pat
     line = one_error_line(capsys)
     assert f"{config}: " in line and expected in line, line
     assert not (tmp_path / "o").exists()
+
+
+def test_another_grid_cannot_take_over_a_grid_output(tmp_path, capsys):
+    """Its grid.json would replace the first grid's, while the first grid's cells stayed in the tables."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "grid.json").write_text('{"name": "first", "tables": [], "cells": []}')
+    config = write_yaml(tmp_path / "g.yaml", GRID)
+    assert run_cli("run", config, "--out", out, "--quiet") == 2
+    assert "holds grid 'first', not 'g'; nothing was run" in one_error_line(capsys)
+    assert (out / "grid.json").read_text() == '{"name": "first", "tables": [], "cells": []}'
 
 
 @pytest.mark.parametrize("argv", [["lr=1"], ["--quiet", "lr=1"], ["lr=1", "--quiet"]])
@@ -307,3 +346,22 @@ def test_grid_out_holding_other_files_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert run_cli("run", config, "--out", tmp_path / "file", "--quiet") == 2
     assert "is an existing file, not a directory" in one_error_line(capsys)
+
+
+def test_an_output_path_of_the_wrong_kind_is_one_line(tmp_path, capsys):
+    """--out / --dest / --cache naming a folder where a file goes, or a file where a folder goes."""
+    from tests.conftest import REPO
+    grid = REPO / "tests" / "data" / "report-grid"
+    folder, file = tmp_path / "folder", tmp_path / "file.txt"
+    folder.mkdir()
+    file.write_text("mine\n")
+    for argv, named in [(["table", "1", grid, "--out", folder], folder), (["report", grid, "--dest", folder], folder),
+                        (["plot", grid, "--dest", file], file),
+                        (["run", "--task", "rte", "--model", "tiny", "--glue-dir", "samples", "--cache", file,
+                          "--out", tmp_path / "o"], file)]:
+        assert run_cli(*argv) == 2, argv
+        line = one_error_line(capsys)
+        assert line.startswith(f"spd-bench: error: {named}"), line
+        assert line.endswith((": is a directory", ": not a directory", ": file exists")), line
+    assert file.read_text() == "mine\n" and not list(folder.iterdir()) and not (tmp_path / "o").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder"]    # no temporary file left

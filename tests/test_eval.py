@@ -189,6 +189,13 @@ def _no_config(src, dest):
     return dest
 
 
+def _truncated(src, dest):
+    shutil.copytree(src, dest)
+    with open(dest / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    return dest
+
+
 def _foreign_names(src, dest):
     return relabelled_copy(src, dest, ["yes", "no"])
 
@@ -199,6 +206,8 @@ def _foreign_names(src, dest):
     (_no_head_no_architectures, [], ["lacks 2 weight(s)", "classifier.bias", "not a fine-tuned classifier"]),
     (_not_bert, [], ["'distilbert'", "BERT"]),
     (_no_config, [], ["no config.json"]),
+    (_truncated, [], ["cannot read the weights of checkpoint", "SafetensorError"]),
+    (None, ["--max-eval-examples", "-1"], ["max_eval_examples must be positive, got -1"]),
     (_foreign_names, [], ["yes, no", "entailment, not_entailment", "--label-order"]),
     (None, ["--task", "mnli"], ["2 outputs", "mnli has 3 labels"]),
     (None, ["--task", "stsb"], ["regression", "2 outputs"]),
@@ -288,6 +297,7 @@ def test_a_grid_lists_checkpoints_as_rows_of_their_own(spd_rte_run, tmp_path, ca
     ({"path": "ckpts/mine", "nmae": "x"}, "checkpoints[0]: unknown key(s) nmae"),
     ({"path": "ckpts/mine", "name": "spd"}, "'spd' is a registered method"),
     ({"path": "ckpts/mine", "tasks": ["nope"]}, "unknown task 'nope'"),
+    ({"path": "./no/such/ckpt"}, "checkpoints[0]: checkpoint ./no/such/ckpt not found"),   # not after every cell
 ])
 def test_a_bad_checkpoint_entry_is_one_line(entry, expected, tmp_path, capsys):
     config = tmp_path / "grid.yaml"

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from harness.resume import Checkpointer
 from tests.conftest import REPO
-from tests.helpers import FAST_RUN, child_env, run_cli
+from tests.helpers import FAST_RUN, child_env, merged, run_cli
 
 # 32 steps (prune 12, graft 12, fine-tune 8), a mid-training checkpoint after every step (checkpoint_minutes ~ 1 ms).
 LONG = ["prune_epochs=3", "graft_epochs=3", "finetune_epochs=2", "lr=1e-3", "eval_steps=5",
@@ -23,7 +23,7 @@ LONG = ["prune_epochs=3", "graft_epochs=3", "finetune_epochs=2", "lr=1e-3", "eva
 def command(out, cache):
     return [sys.executable, "-m", "harness.cli", "run", "--method", "spd", "--task", "rte", "--model", "tiny",
             "--sparsity", "0.5", "--glue-dir", "samples", "--out", str(out), "--cache", str(cache), "--quiet",
-            "--seed", "1", *FAST_RUN, *LONG]
+            "--seed", "1", *merged(FAST_RUN, LONG)]
 
 
 def saved_step(out) -> int:

@@ -77,8 +77,12 @@ def _config(model: str, num_labels: int) -> BertConfig:
         return BertConfig(**KNOWN_CONFIGS[model], num_labels=num_labels)
     from transformers import AutoConfig
 
-    from harness.models import resolve_model
-    return AutoConfig.from_pretrained(resolve_model(model), num_labels=num_labels)
+    from harness.models import unloadable, from_cache_or_hub
+    try:   # as a run loads it: the cache first, the hub only if it answers (plan used to retry for half a minute)
+        return from_cache_or_hub(lambda path, **kw: AutoConfig.from_pretrained(path, num_labels=num_labels, **kw),
+                                 model)
+    except (OSError, ValueError) as err:
+        raise unloadable(model, err) from None
 
 
 def random_model(model: str, task: Task) -> BertForSequenceClassification:

@@ -415,6 +415,8 @@ def cmd_status(args) -> int:
 def cmd_plan(args) -> int:
     from harness.cost import plan_calibrated, plan_grid
     grid = load_grid(args.config, seeds=args.seeds, glue_dir=args.glue_dir)
+    if args.tflops is not None and not args.tflops > 0:
+        raise UserError(f"--tflops must be a positive number, got {args.tflops}")
     out = Path(args.out or f"runs/{grid.name}")
     out = out if out.is_dir() else None
     if args.calibrate:

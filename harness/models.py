@@ -65,7 +65,7 @@ def _quiet_hf():
         hf_logging.set_verbosity(previous)
 
 
-def _unloadable(name: str, err: Exception) -> UserError:
+def unloadable(name: str, err: Exception) -> UserError:
     return UserError(
         f"cannot load model {name!r} (not a built-in name, a local checkpoint, or a reachable hub id: "
         f"{type(err).__name__}); built-in: {', '.join(BUILTIN_MODELS)}, or any BERT checkpoint name/path")
@@ -107,7 +107,7 @@ def load_tokenizer(name: str):
     try:
         return from_cache_or_hub(AutoTokenizer.from_pretrained, name)
     except (OSError, ValueError) as err:
-        raise _unloadable(name, err) from None
+        raise unloadable(name, err) from None
 
 
 @functools.lru_cache(maxsize=32)
@@ -142,7 +142,7 @@ def load_pretrained(name: str, task: Task, seed: int) -> PreTrainedModel:
     try:
         config = from_cache_or_hub(AutoConfig.from_pretrained, name)
     except (OSError, ValueError) as err:
-        raise _unloadable(name, err) from None
+        raise unloadable(name, err) from None
     if config.model_type != "bert":
         raise UserError(f"model {name!r} is a {config.model_type!r} model; spd-bench grafts BERT encoders only")
     with _quiet_hf():

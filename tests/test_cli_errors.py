@@ -365,3 +365,13 @@ def test_an_output_path_of_the_wrong_kind_is_one_line(tmp_path, capsys):
         assert line.endswith((": is a directory", ": not a directory", ": file exists")), line
     assert file.read_text() == "mine\n" and not list(folder.iterdir()) and not (tmp_path / "o").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder"]    # no temporary file left
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--tflops", "-5"], "--tflops must be a positive number, got -5.0"),      # printed '-0.0 GPU-hours'
+    ([], "cannot load model 'nosuchmodel-xyz'"),                               # was half a minute of hub retries
+])
+def test_plan_mistakes_are_one_line(argv, expected, tmp_path, capsys):
+    text = GRID if argv else GRID.replace("model: tiny", "model: nosuchmodel-xyz")
+    assert run_cli("plan", write_yaml(tmp_path / "g.yaml", text), *argv) == 2
+    assert expected in one_error_line(capsys)

@@ -79,25 +79,17 @@ def load_plugin_file(path: str | Path) -> None:
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     try:
         spec.loader.exec_module(module)
-    except SyntaxError as err:
-        # a mistake in the user's file, not a bug of spd-bench: where it is, in one line
+    except BaseException as err:
         del sys.modules[spec.name]
         _loaded_files.discard(path)
-        raise UserError(f"plugin {path}:{err.lineno}: syntax error: {err.msg}") from None
-    except UserError:
-        del sys.modules[spec.name]
-        _loaded_files.discard(path)
-        raise
-    except Exception as err:  # the user's code failed as it ran: the plugin's line and what it raised, in one line
-        del sys.modules[spec.name]
-        _loaded_files.discard(path)
-        line = next((f.lineno for f in reversed(traceback.extract_tb(err.__traceback__))
-                     if Path(f.filename) == path), "?")
-        what = (str(err).splitlines() or [""])[0]
-        raise UserError(f"plugin {path}:{line}: {type(err).__name__} when imported: {what}") from None
-    except BaseException:
-        del sys.modules[spec.name]
-        _loaded_files.discard(path)
+        # a mistake in the user's file, not a bug of spd-bench: where it is and what it raised, in one line
+        if isinstance(err, SyntaxError):
+            raise UserError(f"plugin {path}:{err.lineno}: syntax error: {err.msg}") from None
+        if isinstance(err, Exception) and not isinstance(err, UserError):
+            line = next((f.lineno for f in reversed(traceback.extract_tb(err.__traceback__))
+                         if Path(f.filename) == path), "?")
+            what = (str(err).splitlines() or [""])[0]
+            raise UserError(f"plugin {path}:{line}: {type(err).__name__} when imported: {what}") from None
         raise
 
 

@@ -264,17 +264,19 @@ def train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object]
     of the epoch, so a run can be replayed)."""
     restore_sigterm = cfg.checkpoint.watch_sigterm() if cfg.checkpoint else (lambda: None)
     try:  # TF32 is part of 'bf16' on CUDA; 'fp32' means the official code's full fp32
-        with tf32(device.type == "cuda" and resolve_precision(cfg.precision, recipe.precision, device) == "bf16"):
-            return _train(recipe, task, make_train_loader, dev_loader, device, cfg, train_eval_loader, hooks)
+        precision = resolve_precision(cfg.precision, recipe.precision, device)
+        with tf32(device.type == "cuda" and precision == "bf16"):
+            return _train(recipe, task, make_train_loader, dev_loader, device, cfg, train_eval_loader, hooks,
+                          precision)
     finally:  # however the run ends (finished, preempted, diverged, crashed), SIGTERM and TF32 are as they were
         restore_sigterm()
 
 
 def _train(recipe: Recipe, task: Task, make_train_loader: Callable[[int], object], dev_loader,
-           device: torch.device, cfg: LoopConfig, train_eval_loader, hooks: Hooks | None) -> TrainResult:
+           device: torch.device, cfg: LoopConfig, train_eval_loader, hooks: Hooks | None,
+           precision: str) -> TrainResult:
     hooks = hooks or Hooks()
     lap = hooks.lap or (lambda name: None)
-    precision = resolve_precision(cfg.precision, recipe.precision, device)
     recipe.to(device)
     model = recipe.model
     total = recipe.total_steps
